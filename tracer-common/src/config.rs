@@ -1,0 +1,64 @@
+//! Run-time configuration handed to the kernel programs as a read-only global.
+
+use crate::Filter;
+
+/// When the kernel wakes the userspace reader.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeupMode {
+    /// The ring buffer's own policy: wake when the reader has caught up.
+    Adaptive = 0,
+    /// Never wake for a single record; force a wakeup once `wakeup_bytes` are pending. The reader
+    /// also drains on a short timer so that a quiet tail is never stranded.
+    Batched = 1,
+}
+
+/// Per-CPU counters (index into the `COUNTERS` per-CPU array).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A record could not be reserved: the ring buffer was full. The event is lost.
+    RingbufFull = 0,
+    /// The socket map refused an update (an owner or timestamp could not be recorded).
+    SockMapFull = 1,
+    /// The listener map refused an update (a listener's owner could not be recorded).
+    ListenerMapFull = 2,
+    /// Events emitted with no known owner.
+    OwnerUnknown = 3,
+    /// Events submitted to the ring buffer.
+    Submitted = 4,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::RingbufFull,
+        Self::SockMapFull,
+        Self::ListenerMapFull,
+        Self::OwnerUnknown,
+        Self::Submitted,
+    ];
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub filter: Filter,
+    /// A [`WakeupMode`] as `u32`.
+    pub wakeup_mode: u32,
+    /// With [`WakeupMode::Batched`]: pending bytes that force a wakeup.
+    pub wakeup_bytes: u32,
+}
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        filter: Filter::ANY,
+        wakeup_mode: WakeupMode::Adaptive as u32,
+        wakeup_bytes: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 68);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,121 @@
+//! The record the kernel programs write into the ring buffer.
+
+use crate::COMM_LEN;
+
+/// What a [`RawEvent`] describes. Stored as a `u8` in the record; userspace converts it with
+/// `TryFrom` and rejects unknown values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `sock:inet_sock_set_state` for a TCP socket.
+    State = 1,
+    /// `tcp:tcp_retransmit_skb`.
+    Retransmit = 2,
+}
+
+impl TryFrom<u8> for EventKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(Self::State),
+            2 => Ok(Self::Retransmit),
+            other => Err(other),
+        }
+    }
+}
+
+/// How the kernel learnt who owns a socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// Never seen in process context (the socket predates the tracer, or its entry was evicted).
+    Unknown = 0,
+    /// Observed in process context on this socket: connect, listen, close, send or receive.
+    Process = 1,
+    /// A passively opened socket not yet touched by its process: the owner of the listener on
+    /// its local port.
+    Listener = 2,
+    /// Seeded by userspace from `/proc` at start-up.
+    Snapshot = 3,
+}
+
+impl TryFrom<u8> for OwnerSource {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Self::Unknown),
+            1 => Ok(Self::Process),
+            2 => Ok(Self::Listener),
+            3 => Ok(Self::Snapshot),
+            other => Err(other),
+        }
+    }
+}
+
+/// One ring-buffer record. Addresses are in network byte order; an IPv4 address occupies the
+/// first four bytes. Ports are in host byte order, `sport` is always the local side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (`skaddr`).
+    pub sk: u64,
+    /// Nanoseconds spent in `old_state`; 0 when the previous transition was not seen.
+    pub duration_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Owner's command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// Owner's process id (tgid); 0 when unknown.
+    pub pid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// For retransmits both states hold the socket's state.
+    pub old_state: u8,
+    pub new_state: u8,
+    /// An [`OwnerSource`].
+    pub owner_src: u8,
+    pub _pad: [u8; 2],
+    /// `err` of `tcp_retransmit_skb` where the kernel reports it, else 0.
+    pub err: i32,
+    pub _pad2: u32,
+}
+
+impl RawEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+const _: () = assert!(RawEvent::SIZE == 96);
+const _: () = assert!(core::mem::align_of::<RawEvent>() == 8);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RawEvent {}
+
+impl RawEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            sk: 0,
+            duration_ns: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; COMM_LEN],
+            pid: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            kind: 0,
+            old_state: 0,
+            new_state: 0,
+            owner_src: 0,
+            _pad: [0; 2],
+            err: 0,
+            _pad2: 0,
+        }
+    }
+}

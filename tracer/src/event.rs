@@ -1,0 +1,275 @@
+//! Owned events decoded from ring-buffer records.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{AF_INET, AF_INET6, COMM_LEN, EventKind, OwnerSource, RawEvent, state};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {expected}", expected = RawEvent::SIZE)]
+    Length(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+    #[error("unknown owner source {0}")]
+    OwnerSource(u8),
+}
+
+/// A TCP state as the kernel numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpState(u8);
+
+impl TcpState {
+    pub fn name(self) -> &'static str {
+        state::name(self.0).unwrap_or("UNKNOWN")
+    }
+    pub fn number(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        state::name(v).map(|_| Self(v)).ok_or(DecodeError::State(v))
+    }
+}
+
+impl std::fmt::Display for TcpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    pub source: OwnerSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detail {
+    State { old: TcpState, new: TcpState, duration_ns: Option<u64> },
+    Retransmit { state: TcpState, err: Option<i32> },
+}
+
+/// One decoded kernel event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// Local side.
+    pub saddr: IpAddr,
+    pub sport: u16,
+    /// Remote side.
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub owner: Option<Owner>,
+    pub detail: Detail,
+}
+
+impl Event {
+    pub fn family(&self) -> u8 {
+        if self.saddr.is_ipv4() { 4 } else { 6 }
+    }
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_ne_bytes(b[off..off + 8].try_into().expect("8-byte slice"))
+}
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4-byte slice"))
+}
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes(b[off..off + 2].try_into().expect("2-byte slice"))
+}
+fn arr16(b: &[u8], off: usize) -> [u8; 16] {
+    b[off..off + 16].try_into().expect("16-byte slice")
+}
+
+fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(raw))
+    }
+}
+
+/// Decodes one ring-buffer record. The length is checked first; every enumerated value is
+/// validated, so garbage yields an error rather than a nonsense event.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    use std::mem::offset_of;
+    if bytes.len() != RawEvent::SIZE {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    let b = bytes;
+    let kind_raw = b[offset_of!(RawEvent, kind)];
+    let kind = EventKind::try_from(kind_raw).map_err(DecodeError::Kind)?;
+    let family = u16_at(b, offset_of!(RawEvent, family));
+    if family != AF_INET && family != AF_INET6 {
+        return Err(DecodeError::Family(family));
+    }
+    let old = TcpState::try_from(b[offset_of!(RawEvent, old_state)])?;
+    let new = TcpState::try_from(b[offset_of!(RawEvent, new_state)])?;
+    let src_raw = b[offset_of!(RawEvent, owner_src)];
+    let source = OwnerSource::try_from(src_raw).map_err(DecodeError::OwnerSource)?;
+    let pid = u32_at(b, offset_of!(RawEvent, pid));
+    let owner = (pid != 0 && source != OwnerSource::Unknown).then(|| {
+        let comm = &b[offset_of!(RawEvent, comm)..offset_of!(RawEvent, comm) + COMM_LEN];
+        let len = comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
+        Owner { pid, comm: String::from_utf8_lossy(&comm[..len]).into_owned(), source }
+    });
+    let detail = match kind {
+        EventKind::State => {
+            let d = u64_at(b, offset_of!(RawEvent, duration_ns));
+            Detail::State { old, new, duration_ns: (d != 0).then_some(d) }
+        }
+        EventKind::Retransmit => {
+            let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
+            Detail::Retransmit { state: new, err: (err != 0).then_some(err) }
+        }
+    };
+    Ok(Event {
+        ts_ns: u64_at(b, offset_of!(RawEvent, ts_ns)),
+        sk: u64_at(b, offset_of!(RawEvent, sk)),
+        saddr: addr(family, arr16(b, offset_of!(RawEvent, saddr))),
+        sport: u16_at(b, offset_of!(RawEvent, sport)),
+        daddr: addr(family, arr16(b, offset_of!(RawEvent, daddr))),
+        dport: u16_at(b, offset_of!(RawEvent, dport)),
+        owner,
+        detail,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The bytes the kernel would write for `ev`, built field by field.
+    pub fn encode(ev: &RawEvent) -> Vec<u8> {
+        use std::mem::offset_of;
+        let mut b = vec![0u8; RawEvent::SIZE];
+        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(RawEvent, ts_ns), &ev.ts_ns.to_ne_bytes());
+        put(offset_of!(RawEvent, sk), &ev.sk.to_ne_bytes());
+        put(offset_of!(RawEvent, duration_ns), &ev.duration_ns.to_ne_bytes());
+        put(offset_of!(RawEvent, saddr), &ev.saddr);
+        put(offset_of!(RawEvent, daddr), &ev.daddr);
+        put(offset_of!(RawEvent, comm), &ev.comm);
+        put(offset_of!(RawEvent, pid), &ev.pid.to_ne_bytes());
+        put(offset_of!(RawEvent, sport), &ev.sport.to_ne_bytes());
+        put(offset_of!(RawEvent, dport), &ev.dport.to_ne_bytes());
+        put(offset_of!(RawEvent, family), &ev.family.to_ne_bytes());
+        put(offset_of!(RawEvent, kind), &[ev.kind]);
+        put(offset_of!(RawEvent, old_state), &[ev.old_state]);
+        put(offset_of!(RawEvent, new_state), &[ev.new_state]);
+        put(offset_of!(RawEvent, owner_src), &[ev.owner_src]);
+        put(offset_of!(RawEvent, err), &ev.err.to_ne_bytes());
+        b
+    }
+
+    pub fn raw_v4() -> RawEvent {
+        let mut ev = RawEvent::zeroed();
+        ev.ts_ns = 123_456_789;
+        ev.sk = 0xffff_8881_0000_1000;
+        ev.duration_ns = 1_500_000;
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        ev.comm[..5].copy_from_slice(b"nginx");
+        ev.pid = 4242;
+        ev.sport = 40000;
+        ev.dport = 8080;
+        ev.family = AF_INET;
+        ev.kind = EventKind::State as u8;
+        ev.old_state = state::SYN_SENT;
+        ev.new_state = state::ESTABLISHED;
+        ev.owner_src = OwnerSource::Process as u8;
+        ev
+    }
+
+    #[test]
+    fn decodes_a_state_event() {
+        let ev = decode(&encode(&raw_v4())).unwrap();
+        assert_eq!(ev.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport, ev.sk), (40000, 8080, 0xffff_8881_0000_1000));
+        assert_eq!(
+            ev.owner,
+            Some(Owner { pid: 4242, comm: "nginx".into(), source: OwnerSource::Process })
+        );
+        assert_eq!(
+            ev.detail,
+            Detail::State {
+                old: TcpState(state::SYN_SENT),
+                new: TcpState(state::ESTABLISHED),
+                duration_ns: Some(1_500_000)
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_ipv6_retransmit_with_err_and_unknown_owner() {
+        let mut raw = raw_v4();
+        raw.family = AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        raw.kind = EventKind::Retransmit as u8;
+        raw.old_state = state::ESTABLISHED;
+        raw.new_state = state::ESTABLISHED;
+        raw.err = -105;
+        raw.pid = 0;
+        raw.owner_src = OwnerSource::Unknown as u8;
+        let ev = decode(&encode(&raw)).unwrap();
+        assert_eq!(ev.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(ev.family(), 6);
+        assert_eq!(ev.owner, None);
+        assert_eq!(
+            ev.detail,
+            Detail::Retransmit { state: TcpState(state::ESTABLISHED), err: Some(-105) }
+        );
+    }
+
+    #[test]
+    fn short_and_long_records_are_rejected() {
+        let bytes = encode(&raw_v4());
+        assert_eq!(decode(&bytes[..95]), Err(DecodeError::Length(95)));
+        assert_eq!(decode(&[]), Err(DecodeError::Length(0)));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(DecodeError::Length(97)));
+    }
+
+    #[test]
+    fn garbage_values_are_errors() {
+        let mut raw = raw_v4();
+        raw.kind = 9;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::Kind(9)));
+        let mut raw = raw_v4();
+        raw.family = 7;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::Family(7)));
+        let mut raw = raw_v4();
+        raw.new_state = 13;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::State(13)));
+        let mut raw = raw_v4();
+        raw.owner_src = 200;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::OwnerSource(200)));
+        // Arbitrary bytes never panic.
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..2000 {
+            let junk: Vec<u8> = (0..RawEvent::SIZE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = decode(&junk);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Userspace agent of the eBPF TCP connection tracer.
+//!
+//! Kernel programs push transitions into a ring buffer ([`probes`]); the [`reader`] task drains it
+//! into owned [`event`]s; commands such as [`stream`] consume them.
+
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod format;
+pub mod loss;
+pub mod output;
+pub mod privileges;
+pub mod probes;
+pub mod reader;
+pub mod stream;
+pub mod tracefs;

@@ -1,0 +1,126 @@
+//! Accounting for every event that did not reach the output.
+
+use std::collections::BTreeMap;
+
+/// Why events were lost or degraded. Names are stable: they appear in JSON and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LossCause {
+    /// The kernel could not reserve ring-buffer space: the reader fell behind.
+    RingbufFull,
+    /// A program run was skipped because another BPF program was running on that CPU.
+    RecursionMiss,
+    /// The socket map refused an update: an owner or timestamp was not recorded.
+    SockMapFull,
+    /// The listener map refused an update: a listener's owner was not recorded.
+    ListenerMapFull,
+    /// A record could not be decoded (version mismatch or corruption).
+    Decode,
+}
+
+impl LossCause {
+    pub const ALL: [LossCause; 5] = [
+        Self::RingbufFull,
+        Self::RecursionMiss,
+        Self::SockMapFull,
+        Self::ListenerMapFull,
+        Self::Decode,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ringbuf_full",
+            Self::RecursionMiss => "recursion_miss",
+            Self::SockMapFull => "sock_map_full",
+            Self::ListenerMapFull => "listener_map_full",
+            Self::Decode => "decode_error",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ring buffer full: raise --ring-size or reduce output work",
+            Self::RecursionMiss => "program skipped while another BPF program ran on the CPU",
+            Self::SockMapFull => "socket map update failed: owners/durations missing",
+            Self::ListenerMapFull => "listener map full: passive owners missing",
+            Self::Decode => "undecodable ring buffer record",
+        }
+    }
+
+    /// Whether the cause drops events (as opposed to degrading what they carry).
+    pub fn drops_events(self) -> bool {
+        matches!(self, Self::RingbufFull | Self::RecursionMiss | Self::Decode)
+    }
+}
+
+/// Running totals per cause, and the deltas since the last report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LossTotals {
+    totals: BTreeMap<LossCause, u64>,
+    reported: BTreeMap<LossCause, u64>,
+}
+
+impl LossTotals {
+    /// Records the latest absolute value of a monotonically increasing kernel counter.
+    pub fn observe(&mut self, cause: LossCause, absolute: u64) {
+        let t = self.totals.entry(cause).or_default();
+        *t = (*t).max(absolute);
+    }
+
+    pub fn add(&mut self, cause: LossCause, n: u64) {
+        *self.totals.entry(cause).or_default() += n;
+    }
+
+    pub fn total(&self, cause: LossCause) -> u64 {
+        self.totals.get(&cause).copied().unwrap_or(0)
+    }
+
+    /// Events dropped, over all causes that drop events.
+    pub fn dropped(&self) -> u64 {
+        LossCause::ALL.iter().filter(|c| c.drops_events()).map(|&c| self.total(c)).sum()
+    }
+
+    /// Causes whose total grew since the previous call, with the growth.
+    pub fn take_new(&mut self) -> Vec<(LossCause, u64)> {
+        let mut out = Vec::new();
+        for (&cause, &total) in &self.totals {
+            let seen = self.reported.entry(cause).or_default();
+            if total > *seen {
+                out.push((cause, total - *seen));
+                *seen = total;
+            }
+        }
+        out
+    }
+
+    pub fn summary(&self) -> String {
+        LossCause::ALL
+            .iter()
+            .map(|&c| format!("{}={}", c.name(), self.total(c)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_growth_once() {
+        let mut t = LossTotals::default();
+        assert!(t.take_new().is_empty());
+        t.observe(LossCause::RingbufFull, 5);
+        t.add(LossCause::Decode, 1);
+        assert_eq!(t.take_new(), vec![(LossCause::RingbufFull, 5), (LossCause::Decode, 1)]);
+        assert!(t.take_new().is_empty());
+        t.observe(LossCause::RingbufFull, 3); // never goes backwards
+        t.observe(LossCause::RingbufFull, 8);
+        t.observe(LossCause::SockMapFull, 2);
+        assert_eq!(t.take_new(), vec![(LossCause::RingbufFull, 3), (LossCause::SockMapFull, 2)]);
+        assert_eq!(t.dropped(), 9);
+        assert_eq!(
+            t.summary(),
+            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 decode_error=1"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Loading the kernel programs, handing them their configuration, attaching them, and reading
+//! their counters.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracer_common::{Config, Counter, TpLayout};
+
+use crate::{
+    format::{self, Tracepoint},
+    loss::{LossCause, LossTotals},
+    tracefs::{Tracefs, TracefsError},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this binary was built without its kernel programs (AYA_BUILD_SKIP); rebuild it")]
+    NoObject,
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "this kernel has no tracepoint {category}:{name} ({reason}); the tracer needs it to \
+         follow TCP state changes (Linux 4.16 or later)"
+    )]
+    RequiredTracepoint { category: &'static str, name: &'static str, reason: String },
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("map {0} is missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+/// A feature that is off on this kernel, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub feature: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub config: Config,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Capacity of the socket owner map.
+    pub max_sockets: u32,
+    /// Capacity of the listener map.
+    pub max_listeners: u32,
+    /// Attach `tcp_retransmit_skb`.
+    pub retransmits: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            config: Config::DEFAULT,
+            ring_bytes: 16 << 20,
+            max_sockets: 262_144,
+            max_listeners: 8192,
+            retransmits: true,
+        }
+    }
+}
+
+/// Kernel run-time statistics of one program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+    pub recursion_misses: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub tracefs: Tracefs,
+    pub attached: Vec<Tracepoint>,
+    pub degraded: Vec<Degraded>,
+}
+
+fn feature_of(tp: Tracepoint) -> &'static str {
+    match tp {
+        Tracepoint::InetSockSetState => "state transitions",
+        Tracepoint::TcpRetransmitSkb => "retransmits",
+        Tracepoint::SockSendLength | Tracepoint::SockRecvLength => "owner learning from send/recv",
+    }
+}
+
+impl Probes {
+    /// Reads the layouts of the running kernel, loads the object with them, and attaches every
+    /// program whose tracepoint exists. Optional tracepoints that are missing become
+    /// [`Degraded`] entries; a missing `inet_sock_set_state` is an error.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        raise_memlock_rlimit();
+        let tracefs = Tracefs::ensure()?;
+        let mut layouts: Vec<(Tracepoint, TpLayout)> = Vec::new();
+        let mut degraded = Vec::new();
+        for tp in Tracepoint::ALL {
+            if tp == Tracepoint::TcpRetransmitSkb && !opts.retransmits {
+                continue;
+            }
+            let layout = match tracefs.format(tp.category(), tp.name())? {
+                None => Err("not present in this kernel".to_owned()),
+                Some(text) => format::parse(&text)
+                    .and_then(|f| format::layout(tp, &f))
+                    .map_err(|e| format!("unusable format: {e}")),
+            };
+            match layout {
+                Ok(l) => layouts.push((tp, l)),
+                Err(reason) if tp == Tracepoint::InetSockSetState => {
+                    return Err(LoadError::RequiredTracepoint {
+                        category: tp.category(),
+                        name: tp.name(),
+                        reason,
+                    });
+                }
+                Err(reason) => degraded.push(Degraded {
+                    feature: feature_of(tp),
+                    reason: format!("{}:{} {reason}", tp.category(), tp.name()),
+                }),
+            }
+        }
+        // Both length tracepoints or neither: one alone would learn owners only half the time.
+        degraded.dedup_by_key(|d| d.feature);
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("CONFIG", &opts.config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("SOCKS", opts.max_sockets)
+            .map_max_entries("LISTENERS", opts.max_listeners);
+        for (tp, layout) in &layouts {
+            loader.override_global(tp.layout_global(), layout, true);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+
+        let mut attached = Vec::new();
+        for (tp, _) in &layouts {
+            let name = tp.name();
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Program {
+                    name,
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+            prog.attach(tp.category(), name).map_err(|source| LoadError::Program { name, source })?;
+            attached.push(*tp);
+        }
+        Ok(Self { ebpf, tracefs, attached, degraded })
+    }
+
+    /// Takes the ring buffer out, for the reader task.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map { name: "EVENTS", source })
+    }
+
+    /// Sums of the per-CPU counters.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], LoadError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map)
+            .map_err(|source| LoadError::Map { name: "COUNTERS", source })?;
+        let mut out = [0u64; Counter::COUNT as usize];
+        for c in Counter::ALL {
+            let values = arr
+                .get(&(c as u32), 0)
+                .map_err(|source| LoadError::Map { name: "COUNTERS", source })?;
+            out[c as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Run-time statistics of each attached program (run time needs `kernel.bpf_stats_enabled`).
+    pub fn program_stats(&self) -> Vec<(Tracepoint, ProgStats)> {
+        self.attached
+            .iter()
+            .filter_map(|&tp| {
+                let prog = self.ebpf.program(tp.name())?;
+                let fd = prog.fd().ok()?;
+                prog_stats(fd.as_fd().as_raw_fd()).map(|s| (tp, s))
+            })
+            .collect()
+    }
+
+    /// Folds the kernel's loss counters into `totals`.
+    pub fn observe_losses(&self, totals: &mut LossTotals) -> Result<(), LoadError> {
+        let c = self.counters()?;
+        totals.observe(LossCause::RingbufFull, c[Counter::RingbufFull as usize]);
+        totals.observe(LossCause::SockMapFull, c[Counter::SockMapFull as usize]);
+        totals.observe(LossCause::ListenerMapFull, c[Counter::ListenerMapFull as usize]);
+        let misses = self.program_stats().iter().map(|(_, s)| s.recursion_misses).sum();
+        totals.observe(LossCause::RecursionMiss, misses);
+        Ok(())
+    }
+}
+
+/// The prefix of `struct bpf_attr` used by `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `bpf_prog_info` through `recursion_misses` (the kernel fills what it has and what fits).
+fn prog_stats(fd: i32) -> Option<ProgStats> {
+    use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+    // SAFETY: bpf_prog_info is plain old data; all-zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFdAttr {
+        bpf_fd: u32::try_from(fd).ok()?,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut bpf_prog_info as u64,
+    };
+    // SAFETY: attr points to a valid, correctly sized attribute block and info buffer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
+            &mut attr as *mut InfoByFdAttr,
+            std::mem::size_of::<InfoByFdAttr>() as libc::c_uint,
+        )
+    };
+    (rc == 0).then_some(ProgStats {
+        run_time_ns: info.run_time_ns,
+        run_cnt: info.run_cnt,
+        recursion_misses: info.recursion_misses,
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an rlimit.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
