@@ -69,12 +69,14 @@ fn current_owner() -> (u32, [u8; 16]) {
 }
 
 /// Transitions that only ever run in the context of the process that owns the socket:
-/// connect(), listen(), and close()/shutdown() of an established or half-closed socket. Anything
-/// else may run in softirq, where the current task is whoever was interrupted.
+/// connect(), listen(), close() of a listener, and close()/shutdown() of an established or
+/// half-closed socket. Anything else may run in softirq, where the current task is whoever was
+/// interrupted.
 #[inline(always)]
 fn in_owner_context(old: u8, new: u8) -> bool {
     new == state::SYN_SENT
         || new == state::LISTEN
+        || (old == state::LISTEN && new == state::CLOSE)
         || (old == state::ESTABLISHED && new == state::FIN_WAIT1)
         || (old == state::CLOSE_WAIT && new == state::LAST_ACK)
 }

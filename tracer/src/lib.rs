@@ -4,11 +4,13 @@
 //! into owned [`event`]s; commands such as [`stream`] consume them.
 
 pub mod cli;
+pub mod btf;
 pub mod clock;
 pub mod event;
 pub mod format;
 pub mod loss;
 pub mod output;
+pub mod owners;
 pub mod privileges;
 pub mod probes;
 pub mod reader;

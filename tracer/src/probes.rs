@@ -5,10 +5,10 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tracer_common::{Config, Counter, TpLayout};
+use tracer_common::{COMM_LEN, Config, Counter, ListenerOwner, TpLayout};
 
 use crate::{
     format::{self, Tracepoint},
@@ -167,6 +167,27 @@ impl Probes {
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| LoadError::Map { name: "EVENTS", source })
+    }
+
+    /// Records the owners of listeners that predate the tracer, so their new connections are
+    /// attributed from the first transition. Entries the kernel side already made win.
+    /// Returns how many were added.
+    pub fn seed_listeners(&mut self, owners: &[crate::owners::ListenerOwner]) -> Result<usize, LoadError> {
+        const BPF_NOEXIST: u64 = 1;
+        let map = self.ebpf.map_mut("LISTENERS").ok_or(LoadError::MissingMap("LISTENERS"))?;
+        let mut map = BpfHashMap::<_, u16, ListenerOwner>::try_from(map)
+            .map_err(|source| LoadError::Map { name: "LISTENERS", source })?;
+        let mut added = 0;
+        for o in owners {
+            let mut comm = [0u8; COMM_LEN];
+            let n = o.comm.len().min(COMM_LEN - 1);
+            comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+            let value = ListenerOwner { comm, pid: o.pid, _pad: 0 };
+            if map.insert(o.port, value, BPF_NOEXIST).is_ok() {
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Sums of the per-CPU counters.

@@ -102,6 +102,11 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
     }
     let ring = probes.take_ring()?;
+    // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
+    let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
+    if seeded > 0 {
+        eprintln!("tracer: found the owners of {seeded} existing listening ports");
+    }
 
     let cancel = CancellationToken::new();
     spawn_stopper(cancel.clone(), args.duration).map_err(StreamError::Reader)?;
@@ -115,6 +120,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     let format = if args.json { Format::Json } else { Format::Human };
     let mut printer = Printer::new(BufWriter::with_capacity(1 << 16, io::stdout()), format, Clock::new());
     let mut summary = Summary::default();
+    printer.header().map_err(StreamError::Output)?;
     let result = pump(&probes, &mut printer, &mut rx, &mut summary, &cancel).await;
     cancel.cancel();
     // The reader drains what is left after cancellation; keep consuming until it is done.

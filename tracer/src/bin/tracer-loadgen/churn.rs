@@ -1,6 +1,6 @@
 //! `churn`: in-process listener plus client threads cycling short connections.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -10,10 +10,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{self, ChurnArgs, CloseMode};
-use crate::{client, sock};
+use crate::{client, rt, sock};
 
 /// Bound on waiting for the server side to close everything after the clients stop.
 const SETTLE: Duration = Duration::from_secs(5);
+/// Clients pause while this many connections wait for the server side, so the
+/// accept queue never overflows (a dropped SYN stalls a client for 1 s).
+const MAX_IN_FLIGHT: u64 = 1024;
 
 #[derive(Debug, Serialize)]
 pub struct ChurnSummary {
@@ -49,7 +52,7 @@ struct Clients {
 
 pub fn run(args: ChurnArgs) -> Result<()> {
     cli::check_spread(args.addr, args.dst_spread)?;
-    sock::install_signal_handlers()?;
+    rt::install_signal_handlers()?;
     let listener = sock::listen(
         cli::listen_addr(args.addr, args.port, args.dst_spread),
         4096,
@@ -86,10 +89,10 @@ pub fn run(args: ChurnArgs) -> Result<()> {
     let mut workers = Vec::new();
     let mut spawn_err = None;
     for i in 0..args.threads {
-        let c = Arc::clone(&clients);
+        let (c, s) = (Arc::clone(&clients), Arc::clone(&server));
         match thread::Builder::new()
             .name(format!("churn-client-{i}"))
-            .spawn(move || client_loop(&c))
+            .spawn(move || client_loop(&c, &s))
         {
             Ok(h) => workers.push(h),
             Err(e) => {
@@ -99,14 +102,14 @@ pub fn run(args: ChurnArgs) -> Result<()> {
         }
     }
     let mut panicked = workers.into_iter().map(|h| h.join()).any(|r| r.is_err());
-    let elapsed = sock::elapsed_secs(start);
+    let elapsed = rt::elapsed_secs(start);
 
     // Let the server side finish closing so every transition has happened.
     let connected = clients.connected.load(Ordering::SeqCst);
     let settle_end = Instant::now() + SETTLE;
     while server.closed.load(Ordering::SeqCst) < connected
         && Instant::now() < settle_end
-        && !sock::stop_requested()
+        && !rt::stop_requested()
     {
         thread::sleep(Duration::from_millis(2));
     }
@@ -120,22 +123,22 @@ pub fn run(args: ChurnArgs) -> Result<()> {
         anyhow::bail!("churn thread panicked");
     }
     let connections = clients.completed.load(Ordering::SeqCst);
-    sock::emit_json(&ChurnSummary {
+    rt::emit_json(&ChurnSummary {
         connections,
         server_closed: server.closed.load(Ordering::SeqCst),
         failed: clients.failed.load(Ordering::SeqCst),
         elapsed_s: elapsed,
         rate: connections as f64 / elapsed,
-        pid: sock::pid(),
+        pid: rt::pid(),
     })
 }
 
 fn accept_loop(s: &Server) {
-    while !s.stop.load(Ordering::Relaxed) && !sock::stop_requested() {
+    while !s.stop.load(Ordering::Relaxed) && !rt::stop_requested() {
         match sock::accept_timeout(&s.listener, 100) {
-            Ok(Some(mut stream)) => {
+            Ok(Some(stream)) => {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                sock::drain(&mut stream, None, deadline, Some(&s.stop));
+                sock::drain(&stream, None, deadline, Some(&s.stop));
                 drop(stream);
                 s.closed.fetch_add(1, Ordering::SeqCst);
             }
@@ -148,14 +151,22 @@ fn accept_loop(s: &Server) {
     }
 }
 
-fn client_loop(c: &Clients) {
+fn client_loop(c: &Clients, s: &Server) {
     let timeout = Duration::from_secs(5);
-    while Instant::now() < c.deadline && !sock::stop_requested() {
+    while Instant::now() < c.deadline && !rt::stop_requested() {
+        let backlog = c
+            .connected
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.closed.load(Ordering::Relaxed));
+        if backlog >= MAX_IN_FLIGHT {
+            thread::sleep(Duration::from_micros(200));
+            continue;
+        }
         let i = c.next.fetch_add(1, Ordering::Relaxed);
         if c.max.is_some_and(|m| i >= m) {
             break;
         }
-        match TcpStream::connect_timeout(&cli::target_addr(c.base, c.spread, i), timeout) {
+        match sock::connect(&cli::target_addr(c.base, c.spread, i), timeout) {
             Ok(stream) => {
                 c.connected.fetch_add(1, Ordering::Relaxed);
                 match client::finish(stream, c.send, CloseMode::Normal) {

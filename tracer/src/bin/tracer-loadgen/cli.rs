@@ -39,6 +39,8 @@ pub enum CloseMode {
     Reset,
     /// shutdown(SHUT_WR), read until EOF, then close().
     ShutdownWait,
+    /// Read until the peer's EOF, then close(): the peer closes first.
+    WaitEof,
 }
 
 /// Positive, finite number of seconds (fractions allowed).

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{self, ClientArgs, CloseMode, RefusedArgs};
-use crate::sock;
+use crate::{rt, sock};
 
 /// Above this many connections `local_ports` is left empty.
 pub const MAX_REPORTED_PORTS: u64 = 10_000;
@@ -54,10 +54,12 @@ pub fn finish(mut stream: TcpStream, n: u64, mode: CloseMode) -> io::Result<()> 
     match mode {
         CloseMode::Normal => {}
         CloseMode::Reset => sock::set_linger_zero(&stream)?,
-        CloseMode::ShutdownWait => {
-            stream.shutdown(Shutdown::Write)?;
+        CloseMode::ShutdownWait | CloseMode::WaitEof => {
+            if mode == CloseMode::ShutdownWait {
+                stream.shutdown(Shutdown::Write)?;
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
-            if !sock::drain(&mut stream, None, deadline, None).eof {
+            if !sock::drain(&stream, None, deadline, None).eof {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no EOF from peer"));
             }
         }
@@ -68,7 +70,7 @@ pub fn finish(mut stream: TcpStream, n: u64, mode: CloseMode) -> io::Result<()> 
 
 pub fn run(args: ClientArgs) -> Result<()> {
     cli::check_spread(args.addr, args.dst_spread)?;
-    sock::install_signal_handlers()?;
+    rt::install_signal_handlers()?;
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -96,16 +98,16 @@ pub fn run(args: ClientArgs) -> Result<()> {
         total.io_errors += t.io_errors;
         total.ports.extend(t.ports);
     }
-    let elapsed = sock::elapsed_secs(start);
+    let elapsed = rt::elapsed_secs(start);
     total.ports.sort_unstable();
-    sock::emit_json(&ClientSummary {
+    rt::emit_json(&ClientSummary {
         connected: total.connected,
         failed: total.failed,
         refused: total.refused,
         io_errors: total.io_errors,
         elapsed_s: elapsed,
         rate: total.connected as f64 / elapsed,
-        pid: sock::pid(),
+        pid: rt::pid(),
         local_ports: total.ports.into_iter().map(|(_, p)| p).collect(),
     })
 }
@@ -116,14 +118,14 @@ fn client_loop(a: &ClientArgs, next: &AtomicU64, deadline: Option<Instant>) -> T
     let want_ports = a.count <= MAX_REPORTED_PORTS;
     let mut t = Tally::default();
     loop {
-        if sock::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+        if rt::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= a.count {
             break;
         }
-        match TcpStream::connect_timeout(&cli::target_addr(base, a.dst_spread, i), timeout) {
+        match sock::connect(&cli::target_addr(base, a.dst_spread, i), timeout) {
             Ok(stream) => {
                 t.connected += 1;
                 if want_ports && let Ok(local) = stream.local_addr() {
@@ -141,27 +143,27 @@ fn client_loop(a: &ClientArgs, next: &AtomicU64, deadline: Option<Instant>) -> T
             }
         }
         if a.pause_ms > 0 {
-            sock::sleep_interruptible(Duration::from_millis(a.pause_ms));
+            rt::sleep_interruptible(Duration::from_millis(a.pause_ms));
         }
     }
     t
 }
 
 pub fn run_refused(args: RefusedArgs) -> Result<()> {
-    sock::install_signal_handlers()?;
+    rt::install_signal_handlers()?;
     let target = SocketAddr::new(args.addr, args.port);
     let timeout = Duration::from_millis(args.connect_timeout_ms);
     let mut s = RefusedSummary {
         refused: 0,
         other_errors: 0,
         connected: 0,
-        pid: sock::pid(),
+        pid: rt::pid(),
     };
     for _ in 0..args.count {
-        if sock::stop_requested() {
+        if rt::stop_requested() {
             break;
         }
-        match TcpStream::connect_timeout(&target, timeout) {
+        match sock::connect(&target, timeout) {
             Ok(stream) => {
                 s.connected += 1;
                 drop(stream);
@@ -170,5 +172,5 @@ pub fn run_refused(args: RefusedArgs) -> Result<()> {
             Err(_) => s.other_errors += 1,
         }
     }
-    sock::emit_json(&s)
+    rt::emit_json(&s)
 }

@@ -1,7 +1,7 @@
 //! `hold`: keep N established loopback connections (both ends) open.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::cli::{self, HoldArgs};
-use crate::sock;
+use crate::{rt, sock};
 
 #[derive(Debug, Serialize)]
 pub struct HoldSummary {
@@ -21,8 +21,8 @@ pub struct HoldSummary {
 pub fn run(args: HoldArgs) -> Result<()> {
     let spread = args.spread();
     cli::check_spread(args.addr, spread)?;
-    sock::install_signal_handlers()?;
-    let limit = sock::raise_nofile()?;
+    rt::install_signal_handlers()?;
+    let limit = rt::raise_nofile()?;
     let need = args.count.saturating_mul(2).saturating_add(16);
     if need > limit {
         bail!(
@@ -38,11 +38,11 @@ pub fn run(args: HoldArgs) -> Result<()> {
     let mut clients = Vec::with_capacity(n);
     let mut servers = Vec::with_capacity(n);
     for i in 0..args.count {
-        if sock::stop_requested() {
+        if rt::stop_requested() {
             bail!("interrupted after {i} of {} connections", args.count);
         }
         let dst = cli::target_addr(base, spread, i);
-        let c = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+        let c = sock::connect(&dst, Duration::from_secs(5))
             .with_context(|| format!("connection {i} to {dst}"))?;
         clients.push(c);
         // Accept right away so the accept queue never overflows.
@@ -52,12 +52,12 @@ pub fn run(args: HoldArgs) -> Result<()> {
                 servers.push(s);
                 break;
             }
-            if sock::stop_requested() || Instant::now() >= deadline {
+            if rt::stop_requested() || Instant::now() >= deadline {
                 bail!("connection {i}: accept did not complete");
             }
         }
     }
-    sock::emit_line(&format!("READY {}", args.count))?;
+    rt::emit_line(&format!("READY {}", args.count))?;
 
     if !args.ignore_stdin {
         // Stdin EOF (e.g. the parent dropped its pipe) is a stop request too.
@@ -67,19 +67,19 @@ pub fn run(args: HoldArgs) -> Result<()> {
                 let mut buf = [0u8; 1024];
                 let mut stdin = std::io::stdin().lock();
                 while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-                sock::STOP.store(true, Ordering::SeqCst);
+                rt::STOP.store(true, Ordering::SeqCst);
             })
             .context("spawning stdin watcher")?;
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout_secs);
-    while !sock::stop_requested() && Instant::now() < deadline {
+    while !rt::stop_requested() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
     drop(clients);
     drop(servers);
     drop(listener);
-    sock::emit_json(&HoldSummary {
+    rt::emit_json(&HoldSummary {
         held: args.count,
-        pid: sock::pid(),
+        pid: rt::pid(),
     })
 }

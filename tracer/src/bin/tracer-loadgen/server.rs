@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::ServerArgs;
-use crate::sock;
+use crate::{rt, sock};
 
 #[derive(Debug, Serialize)]
 pub struct ServerSummary {
@@ -32,9 +32,7 @@ struct Shared {
 
 impl Shared {
     fn stopping(&self) -> bool {
-        sock::stop_requested()
-            || self.stop.load(Ordering::Relaxed)
-            || Instant::now() >= self.deadline
+        rt::stop_requested() || self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
     }
 
     /// Take one accept slot; false when `--max-conns` slots are all taken.
@@ -57,7 +55,7 @@ impl Shared {
 }
 
 pub fn run(args: ServerArgs) -> Result<()> {
-    sock::install_signal_handlers()?;
+    rt::install_signal_handlers()?;
     let listener = sock::listen(SocketAddr::new(args.addr, args.port), args.backlog)?;
     let port = listener.local_addr().context("getsockname")?.port();
     let threads = args.threads;
@@ -70,7 +68,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
         bytes: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    sock::emit_line(&format!("READY {port}"))?;
+    rt::emit_line(&format!("READY {port}"))?;
 
     let mut handles = Vec::new();
     for i in 0..threads {
@@ -89,10 +87,10 @@ pub fn run(args: ServerArgs) -> Result<()> {
             Err(_) => err = Some(anyhow::anyhow!("accept thread panicked")),
         }
     }
-    sock::emit_json(&ServerSummary {
+    rt::emit_json(&ServerSummary {
         accepted: shared.accepted.load(Ordering::SeqCst),
         bytes_received: shared.bytes.load(Ordering::SeqCst),
-        pid: sock::pid(),
+        pid: rt::pid(),
     })?;
     match err {
         Some(e) => Err(e),
@@ -123,14 +121,14 @@ fn accept_loop(sh: &Shared) -> Result<()> {
     Ok(())
 }
 
-fn handle(sh: &Shared, mut stream: TcpStream) {
+fn handle(sh: &Shared, stream: TcpStream) {
     let a = &sh.args;
     if a.idle_ms > 0 {
-        sock::sleep_interruptible(Duration::from_millis(a.idle_ms));
+        rt::sleep_interruptible(Duration::from_millis(a.idle_ms));
     }
     let deadline = Instant::now() + Duration::from_millis(a.conn_timeout_ms);
     let limit = a.close_first.then_some(a.read_bytes);
-    let got = sock::drain(&mut stream, limit, deadline, Some(&sh.stop));
+    let got = sock::drain(&stream, limit, deadline, Some(&sh.stop));
     sh.bytes.fetch_add(got.bytes, Ordering::SeqCst);
     drop(stream); // close(): FIN (or RST if unread data is left)
 }

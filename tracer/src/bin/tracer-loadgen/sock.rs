@@ -1,6 +1,7 @@
-//! Socket, signal and process helpers (the few things std does not offer).
+//! Socket primitives on top of libc: listen with options, connect with a
+//! timeout, accept with a timeout, SO_LINGER, bounded draining.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -8,77 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
-/// Set by SIGTERM/SIGINT (and by `hold` on stdin EOF).
-pub static STOP: AtomicBool = AtomicBool::new(false);
+use crate::rt;
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-/// Install SIGTERM/SIGINT handlers that only set [`STOP`] (no SA_RESTART, so
-/// blocking calls on the receiving thread return EINTR).
-pub fn install_signal_handlers() -> Result<()> {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: zeroed sigaction is a valid starting point; the handler only
-        // touches an atomic, which is async-signal-safe.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = mem::zeroed();
-            sa.sa_sigaction = handler as libc::sighandler_t;
-            sa.sa_flags = 0;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context("sigaction");
-        }
-    }
-    Ok(())
-}
-
-/// Print one line to stdout and flush.
-pub fn emit_line(line: &str) -> Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{line}").context("writing stdout")?;
-    out.flush().context("flushing stdout")
-}
-
-pub fn emit_json<T: Serialize>(value: &T) -> Result<()> {
-    emit_line(&serde_json::to_string(value)?)
-}
-
-pub fn pid() -> u32 {
-    std::process::id()
-}
-
-fn cvt(rc: libc::c_int, what: &str) -> Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error()).with_context(|| what.to_string())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    val: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int with its exact size.
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` with its exact size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&val as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (val as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc < 0 {
@@ -117,37 +59,86 @@ pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_
     (storage, len as libc::socklen_t)
 }
 
-/// socket + SO_REUSEADDR (+ IPV6_V6ONLY=1) + bind + listen(backlog); the
-/// returned listener is non-blocking (use [`accept_timeout`]).
-pub fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
+fn new_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    // SAFETY: plain syscall; the fd is owned right away.
-    let raw = cvt(
-        unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-    )?;
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: `raw` is a fresh fd that nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("SO_REUSEADDR")?;
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// socket + SO_REUSEADDR (+ IPV6_V6ONLY=1) + bind + listen(backlog); the
+/// returned listener is non-blocking (use [`accept_timeout`]).
+pub fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
+    let fd = new_socket(&addr).context("socket")?;
+    let raw = fd.as_raw_fd();
+    setsockopt(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &1 as &libc::c_int,
+    )
+    .context("SO_REUSEADDR")?;
     if addr.is_ipv6() {
-        setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).context("IPV6_V6ONLY")?;
+        setsockopt(
+            raw,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &1 as &libc::c_int,
+        )
+        .context("IPV6_V6ONLY")?;
     }
     let (sa, len) = to_sockaddr(&addr);
     // SAFETY: `sa` is a valid sockaddr of length `len`.
-    cvt(
-        unsafe { libc::bind(raw, (&sa as *const libc::sockaddr_storage).cast(), len) },
-        &format!("bind {addr}"),
-    )?;
-    cvt(unsafe { libc::listen(raw, backlog) }, "listen")?;
+    if unsafe { libc::bind(raw, (&sa as *const libc::sockaddr_storage).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("bind {addr}"));
+    }
+    // SAFETY: plain syscall on an fd we own.
+    if unsafe { libc::listen(raw, backlog) } < 0 {
+        return Err(io::Error::last_os_error()).context("listen");
+    }
     let listener = TcpListener::from(fd);
     listener
         .set_nonblocking(true)
         .context("O_NONBLOCK on listener")?;
     Ok(listener)
+}
+
+/// Blocking connect bounded by SO_SNDTIMEO (which then also bounds writes).
+/// Fewer syscalls than `TcpStream::connect_timeout`, which matters for churn.
+pub fn connect(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let fd = new_socket(addr)?;
+    // A zero timeval would mean "no timeout": use at least 1 us.
+    let timeout = timeout.max(Duration::from_micros(1));
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(86_400) as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+    let (sa, len) = to_sockaddr(addr);
+    // SAFETY: `sa` is a valid sockaddr of length `len`.
+    if unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    } < 0
+    {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        return Err(e);
+    }
+    Ok(TcpStream::from(fd))
 }
 
 /// Wait up to `timeout_ms` for `fd` to be readable. EINTR counts as "not ready".
@@ -171,28 +162,30 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
 }
 
 /// Accept one connection from a non-blocking listener, waiting at most
-/// `timeout_ms`. The returned stream is blocking.
+/// `timeout_ms`. On Linux the accepted socket is blocking (accept4 does not
+/// inherit O_NONBLOCK).
 pub fn accept_timeout(listener: &TcpListener, timeout_ms: i32) -> io::Result<Option<TcpStream>> {
-    if !wait_readable(listener.as_raw_fd(), timeout_ms)? {
-        return Ok(None);
-    }
-    match listener.accept() {
-        Ok((stream, _)) => {
-            stream.set_nonblocking(false)?;
-            Ok(Some(stream))
+    for attempt in 0..2 {
+        match listener.accept() {
+            Ok((stream, _)) => return Ok(Some(stream)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if attempt == 0 && wait_readable(listener.as_raw_fd(), timeout_ms)? {
+                    continue;
+                }
+                return Ok(None);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock
-                    | io::ErrorKind::Interrupted
-                    | io::ErrorKind::ConnectionAborted
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
+    Ok(None)
 }
 
 /// SO_LINGER {l_onoff = 1, l_linger = 0}: the next close() sends RST.
@@ -201,21 +194,7 @@ pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: pointer to a live linger struct with its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &lg)
 }
 
 /// Result of draining a socket.
@@ -226,21 +205,16 @@ pub struct Drain {
     pub eof: bool,
 }
 
-/// Read until EOF or `limit` bytes, giving up at `deadline`, on [`STOP`] or on
-/// `extra_stop`. Uses a 100 ms receive timeout to stay responsive.
+/// Read until EOF or `limit` bytes, giving up at `deadline`, on [`rt::STOP`]
+/// or on `extra_stop`. Non-blocking reads + 100 ms polls keep it responsive.
 pub fn drain(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     limit: Option<u64>,
     deadline: Instant,
     extra_stop: Option<&AtomicBool>,
 ) -> Drain {
+    let fd = stream.as_raw_fd();
     let mut out = Drain::default();
-    if stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .is_err()
-    {
-        return out;
-    }
     let mut buf = [0u8; 64 * 1024];
     loop {
         let want = match limit {
@@ -248,23 +222,27 @@ pub fn drain(
             Some(l) => (l - out.bytes).min(buf.len() as u64) as usize,
             None => buf.len(),
         };
-        match stream.read(&mut buf[..want]) {
-            Ok(0) => {
-                out.eof = true;
-                return out;
-            }
-            Ok(n) => out.bytes += n as u64,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return out,
+        // SAFETY: `buf` is valid for `want` <= buf.len() bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+        if n == 0 {
+            out.eof = true;
+            return out;
         }
-        let stopped = stop_requested() || extra_stop.is_some_and(|s| s.load(Ordering::Relaxed));
+        let would_block = if n > 0 {
+            out.bytes += n as u64;
+            false
+        } else {
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock => true,
+                io::ErrorKind::Interrupted => false,
+                _ => return out,
+            }
+        };
+        let stopped = rt::stop_requested() || extra_stop.is_some_and(|s| s.load(Ordering::Relaxed));
         if stopped || Instant::now() >= deadline {
+            return out;
+        }
+        if would_block && wait_readable(fd, 100).is_err() {
             return out;
         }
     }
@@ -280,39 +258,4 @@ pub fn send_bytes(stream: &mut TcpStream, n: u64) -> io::Result<()> {
         left -= k as u64;
     }
     Ok(())
-}
-
-/// Sleep `d`, waking early on [`STOP`].
-pub fn sleep_interruptible(d: Duration) {
-    let end = Instant::now() + d;
-    while !stop_requested() {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
-
-/// Raise RLIMIT_NOFILE soft limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile() -> Result<u64> {
-    // SAFETY: getrlimit/setrlimit on a live struct.
-    let mut rl: libc::rlimit = unsafe { mem::zeroed() };
-    cvt(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) },
-        "getrlimit(RLIMIT_NOFILE)",
-    )?;
-    if rl.rlim_cur < rl.rlim_max {
-        rl.rlim_cur = rl.rlim_max;
-        cvt(
-            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) },
-            "setrlimit(RLIMIT_NOFILE)",
-        )?;
-    }
-    Ok(rl.rlim_cur as u64)
-}
-
-/// Seconds since `start`, never zero (keeps rates finite).
-pub fn elapsed_secs(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64().max(1e-9)
 }

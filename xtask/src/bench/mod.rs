@@ -1,0 +1,182 @@
+//! `cargo xtask bench`: overhead, per-event kernel cost, lost events and resource use of every
+//! tracing configuration, measured interleaved in one run so machine drift cancels out.
+
+mod procs;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::{cmd, root, setup};
+use procs::{Sampler, Traced};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Rounds of every configuration (results are median, min and max over rounds).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds of churn per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Skip the peers (libbpf-tools tcpstates and tcplife).
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Where to write the markdown report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+}
+
+/// One way of running the churn workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Config {
+    Baseline,
+    StreamJsonNull,
+    StreamJsonNullBatched,
+    StreamJsonFile,
+    Tcpstates,
+    Tcplife,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "untraced (baseline)",
+            Self::StreamJsonNull => "tracer stream --json > /dev/null",
+            Self::StreamJsonNullBatched => "tracer stream --json --wakeup batched > /dev/null",
+            Self::StreamJsonFile => "tracer stream --json > file",
+            Self::Tcpstates => "libbpf-tools tcpstates > /dev/null",
+            Self::Tcplife => "libbpf-tools tcplife > /dev/null",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::StreamJsonNull => "stream_json_null",
+            Self::StreamJsonNullBatched => "stream_json_null_batched",
+            Self::StreamJsonFile => "stream_json_file",
+            Self::Tcpstates => "tcpstates",
+            Self::Tcplife => "tcplife",
+        }
+    }
+}
+
+/// What one measurement produced.
+#[derive(Debug, Default, Clone)]
+pub struct Sample {
+    pub rate: f64,
+    pub connections: f64,
+    /// Kernel ns per run of the program handling state changes.
+    pub ns_per_event: Option<f64>,
+    pub events: Option<f64>,
+    pub lost: Option<f64>,
+    pub cpu_s_per_mevent: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+fn bin(name: &str) -> String {
+    root().join("target/release").join(name).to_string_lossy().into_owned()
+}
+
+fn churn(secs: u64, port: u16) -> Result<Value> {
+    let out = cmd::output(
+        &bin("tracer-loadgen"),
+        &[
+            "churn", "--addr", "127.0.0.1", "--port", &port.to_string(), "--threads", "2",
+            "--duration-secs", &secs.to_string(), "--dst-spread", "16",
+        ],
+    )
+    .context("tracer-loadgen churn failed")?;
+    serde_json::from_str(out.lines().last().unwrap_or_default()).context("churn output")
+}
+
+fn measure(config: Config, secs: u64, port: u16, scratch: &PathBuf) -> Result<Sample> {
+    let p = port.to_string();
+    let tracer = bin("tracer");
+    let file = scratch.join("stream.jsonl");
+    let traced = match config {
+        Config::Baseline => None,
+        Config::StreamJsonNull => Some(Traced::ours(&tracer, &["--json", "--port", &p], None)?),
+        Config::StreamJsonNullBatched => Some(Traced::ours(
+            &tracer,
+            &["--json", "--port", &p, "--wakeup", "batched"],
+            None,
+        )?),
+        Config::StreamJsonFile => Some(Traced::ours(&tracer, &["--json", "--port", &p], Some(&file))?),
+        Config::Tcpstates => Some(Traced::peer("tcpstates", &[])?),
+        Config::Tcplife => Some(Traced::peer("tcplife", &[])?),
+    };
+    let sampler = traced.as_ref().map(Sampler::start).transpose()?;
+    let result = churn(secs, port)?;
+    let mut sample = Sample {
+        rate: result["rate"].as_f64().unwrap_or(0.0),
+        connections: result["connections"].as_f64().unwrap_or(0.0),
+        ..Sample::default()
+    };
+    if let (Some(traced), Some(sampler)) = (traced, sampler) {
+        let usage = sampler.finish(&traced)?;
+        let lost = traced.stop()?;
+        sample.ns_per_event = usage.ns_per_event;
+        sample.events = Some(usage.events);
+        sample.lost = Some(lost);
+        sample.peak_rss_mib = Some(usage.peak_rss_kib / 1024.0);
+        if usage.events > 0.0 {
+            sample.cpu_s_per_mevent = Some(usage.cpu_s / usage.events * 1e6);
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(sample)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    setup::check()?;
+    cmd::cargo(&["build", "--release", "--workspace"])?;
+    let started = Instant::now();
+    let _stats = procs::BpfStats::enable()?;
+    let scratch = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+
+    let mut configs = vec![
+        Config::Baseline,
+        Config::StreamJsonNull,
+        Config::StreamJsonNullBatched,
+        Config::StreamJsonFile,
+    ];
+    if !args.no_peers {
+        configs.extend([Config::Tcpstates, Config::Tcplife]);
+    }
+    let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
+    let mut port = 31_000u16;
+    for round in 0..args.rounds {
+        for &config in &configs {
+            port += 1;
+            eprintln!("xtask bench: round {}/{}: {}", round + 1, args.rounds, config.name());
+            let s = measure(config, args.secs, port, &scratch)
+                .with_context(|| format!("measuring {}", config.name()))?;
+            eprintln!("  {:.0} conn/s, kernel {:?} ns/event, lost {:?}", s.rate, s.ns_per_event, s.lost);
+            samples.entry(config).or_default().push(s);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let latency = [("adaptive", &["--wakeup", "adaptive"][..]), ("batched", &["--wakeup", "batched"])]
+        .iter()
+        .map(|(name, flags)| Ok((*name, procs::delivery_latency(&bin("tracer"), flags, 20)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let report = report::Report { args, samples: &samples, latency: &latency, elapsed: started.elapsed() };
+    let md = report.markdown();
+    std::fs::write(root().join(&args.out), &md)?;
+    let json_path = root().join(args.out.with_extension("json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report.json())?)?;
+    println!("{md}");
+    eprintln!("xtask bench: wrote {} and {} in {:.0?}", args.out.display(), json_path.display(), started.elapsed());
+    Ok(())
+}

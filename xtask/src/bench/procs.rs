@@ -1,0 +1,253 @@
+//! Processes under measurement: our tracer, the peers, and what the kernel says about them.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Turns `kernel.bpf_stats_enabled` on for the run and restores it afterwards.
+pub struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled (root?)")?;
+        std::fs::write(BPF_STATS, "1").context("enabling bpf_stats_enabled (root?)")?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// A tracing process running while the workload runs.
+pub struct Traced {
+    child: Child,
+    ours: bool,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+impl Traced {
+    pub fn ours(tracer: &str, args: &[&str], out: Option<&Path>) -> Result<Self> {
+        let stdout = match out {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::null(),
+        };
+        let mut child =
+            Command::new(tracer).arg("stream").args(args).stdout(stdout).stderr(Stdio::piped()).spawn()?;
+        let stderr = stderr_lines(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .context("tracer did not start")?;
+            if line.contains("streaming") {
+                break;
+            }
+            if line.contains("error") {
+                bail!("tracer: {line}");
+            }
+        }
+        Ok(Self { child, ours: true, stderr })
+    }
+
+    pub fn peer(program: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{program} (Debian package libbpf-tools)"))?;
+        let stderr = stderr_lines(&mut child);
+        // libbpf-tools print nothing when attached; give them time to load and attach.
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(status) = child.try_wait()? {
+            bail!("{program} exited at start: {status}");
+        }
+        Ok(Self { child, ours: false, stderr })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it (SIGINT) and returns the events it says it lost.
+    pub fn stop(mut self) -> Result<f64> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("tracing process did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut lost = 0.0;
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(300)) {
+            lost += if self.ours { ours_lost(&line) } else { peer_lost(&line) };
+        }
+        Ok(lost)
+    }
+}
+
+/// `tracer: N events (...); lost L (...)`.
+fn ours_lost(line: &str) -> f64 {
+    line.split_once("; lost ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// libbpf-tools: `lost N events on CPU #C`.
+fn peer_lost(line: &str) -> f64 {
+    line.strip_prefix("lost ")
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ProgTotals {
+    run_time_ns: f64,
+    run_cnt: f64,
+    recursion_misses: f64,
+}
+
+/// Totals of the programs owned by `pid` that handle `inet_sock_set_state`.
+fn state_prog_totals(pid: u32) -> Result<ProgTotals> {
+    let out = crate::cmd::output("bpftool", &["prog", "show", "--json"]).context("bpftool prog show")?;
+    let progs: Value = serde_json::from_str(&out)?;
+    let mut t = ProgTotals::default();
+    for p in progs.as_array().into_iter().flatten() {
+        let owned = p["pids"].as_array().is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid));
+        let name = p["name"].as_str().unwrap_or_default();
+        if owned && (name.contains("set_s") || name.contains("inet_sock")) {
+            t.run_time_ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
+            t.run_cnt += p["run_cnt"].as_f64().unwrap_or(0.0);
+            t.recursion_misses += p["recursion_misses"].as_f64().unwrap_or(0.0);
+        }
+    }
+    Ok(t)
+}
+
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, i.e. 12 and 13 after the comm.
+    let ticks: f64 = fields.get(11..13).into_iter().flatten().filter_map(|f| f.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn peak_rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmHWM")
+}
+
+pub struct Usage {
+    pub ns_per_event: Option<f64>,
+    pub events: f64,
+    pub cpu_s: f64,
+    pub peak_rss_kib: f64,
+}
+
+/// Kernel program totals and CPU time at the start of a measurement.
+pub struct Sampler {
+    progs: ProgTotals,
+    cpu_s: f64,
+}
+
+impl Sampler {
+    pub fn start(t: &Traced) -> Result<Self> {
+        Ok(Self { progs: state_prog_totals(t.pid())?, cpu_s: cpu_seconds(t.pid())? })
+    }
+
+    pub fn finish(self, t: &Traced) -> Result<Usage> {
+        let now = state_prog_totals(t.pid())?;
+        let runs = now.run_cnt - self.progs.run_cnt;
+        Ok(Usage {
+            ns_per_event: (runs > 0.0).then(|| (now.run_time_ns - self.progs.run_time_ns) / runs),
+            events: runs,
+            cpu_s: cpu_seconds(t.pid())? - self.cpu_s,
+            peak_rss_kib: peak_rss_kib(t.pid())?,
+        })
+    }
+}
+
+/// Milliseconds from a connect() on an idle host to its first event line on the tracer's stdout,
+/// for `samples` connects 200 ms apart. Returns the sorted latencies.
+pub fn delivery_latency(tracer: &str, flags: &[&str], samples: usize) -> Result<Vec<f64>> {
+    let port = 39_999u16;
+    let p = port.to_string();
+    let mut child = Command::new(tracer)
+        .args(["stream", "--json", "--port", &p])
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = stderr_lines(&mut child);
+    while !stderr.recv_timeout(Duration::from_secs(30)).context("tracer did not start")?.contains("streaming") {}
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut lat = Vec::new();
+    for _ in 0..samples {
+        std::thread::sleep(Duration::from_millis(200));
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        let _ = TcpStream::connect(("127.0.0.1", port));
+        let (at, _) = rx.recv_timeout(Duration::from_secs(5)).context("event never delivered")?;
+        lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loss_reports() {
+        assert_eq!(ours_lost("tracer: 10 events (state 10, retransmit 0); lost 3 (ringbuf_full=3 ...)"), 3.0);
+        assert_eq!(ours_lost("tracer: attached x"), 0.0);
+        assert_eq!(peer_lost("lost 459 events on CPU #1"), 459.0);
+        assert_eq!(peer_lost("something else"), 0.0);
+    }
+}
