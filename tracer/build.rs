@@ -19,10 +19,18 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../tracer-ebpf");
-    let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("{}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
-        [Package { name: "tracer-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "tracer-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

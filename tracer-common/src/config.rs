@@ -25,18 +25,22 @@ pub enum Counter {
     ListenerMapFull = 2,
     /// Events emitted with no known owner.
     OwnerUnknown = 3,
-    /// Events submitted to the ring buffer.
-    Submitted = 4,
+    /// Transitions the classic program had to skip (a softirq interrupted one of our programs
+    /// on that CPU) and the raw-tracepoint catcher recorded instead.
+    Nested = 4,
+    /// Likewise for retransmissions.
+    NestedRetransmit = 5,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
         Self::ListenerMapFull,
         Self::OwnerUnknown,
-        Self::Submitted,
+        Self::Nested,
+        Self::NestedRetransmit,
     ];
 }
 

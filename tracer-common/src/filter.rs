@@ -188,37 +188,139 @@ mod tests {
     #[test]
     fn ports() {
         let e = ev();
-        assert!(with(|f| { f.flags = Filter::PORT; f.port = 443 }).matches(&e));
-        assert!(with(|f| { f.flags = Filter::PORT; f.port = 50000 }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::PORT; f.port = 80 }).matches(&e));
-        assert!(with(|f| { f.flags = Filter::LPORT; f.lport = 50000 }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::LPORT; f.lport = 443 }).matches(&e));
-        assert!(with(|f| { f.flags = Filter::RPORT; f.rport = 443 }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::RPORT; f.rport = 50000 }).matches(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::PORT;
+                f.port = 443
+            })
+            .matches(&e)
+        );
+        assert!(
+            with(|f| {
+                f.flags = Filter::PORT;
+                f.port = 50000
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::PORT;
+                f.port = 80
+            })
+            .matches(&e)
+        );
+        assert!(
+            with(|f| {
+                f.flags = Filter::LPORT;
+                f.lport = 50000
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::LPORT;
+                f.lport = 443
+            })
+            .matches(&e)
+        );
+        assert!(
+            with(|f| {
+                f.flags = Filter::RPORT;
+                f.rport = 443
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::RPORT;
+                f.rport = 50000
+            })
+            .matches(&e)
+        );
     }
 
     #[test]
     fn states_match_into_or_out_of() {
         let e = ev();
-        assert!(with(|f| { f.flags = Filter::STATE; f.state_mask = bit(SYN_SENT) }).matches(&e));
-        assert!(with(|f| { f.flags = Filter::STATE; f.state_mask = bit(ESTABLISHED) }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::STATE; f.state_mask = bit(CLOSE_WAIT) | bit(LISTEN) }).matches(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::STATE;
+                f.state_mask = bit(SYN_SENT)
+            })
+            .matches(&e)
+        );
+        assert!(
+            with(|f| {
+                f.flags = Filter::STATE;
+                f.state_mask = bit(ESTABLISHED)
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::STATE;
+                f.state_mask = bit(CLOSE_WAIT) | bit(LISTEN)
+            })
+            .matches(&e)
+        );
     }
 
     #[test]
     fn family_pid_comm() {
         let e = ev();
-        assert!(with(|f| { f.flags = Filter::FAMILY; f.family = AF_INET }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::FAMILY; f.family = AF_INET6 }).matches(&e));
-        assert!(with(|f| { f.flags = Filter::PID; f.pid = 42 }).matches(&e));
-        assert!(!with(|f| { f.flags = Filter::PID; f.pid = 43 }).matches(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::FAMILY;
+                f.family = AF_INET
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::FAMILY;
+                f.family = AF_INET6
+            })
+            .matches(&e)
+        );
+        assert!(
+            with(|f| {
+                f.flags = Filter::PID;
+                f.pid = 42
+            })
+            .matches(&e)
+        );
+        assert!(
+            !with(|f| {
+                f.flags = Filter::PID;
+                f.pid = 43
+            })
+            .matches(&e)
+        );
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
-        assert!(with(|f| { f.flags = Filter::COMM; f.comm = comm }).matches(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::COMM;
+                f.comm = comm
+            })
+            .matches(&e)
+        );
         comm[..4].copy_from_slice(b"cur\0");
-        assert!(!with(|f| { f.flags = Filter::COMM; f.comm = comm }).matches(&e));
+        assert!(
+            !with(|f| {
+                f.flags = Filter::COMM;
+                f.comm = comm
+            })
+            .matches(&e)
+        );
         // Owner criteria are separate from socket criteria.
-        assert!(with(|f| { f.flags = Filter::PID; f.pid = 7 }).matches_socket(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::PID;
+                f.pid = 7
+            })
+            .matches_socket(&e)
+        );
     }
 
     #[test]
@@ -247,9 +349,21 @@ mod tests {
     fn kinds() {
         let e = ev();
         let retransmits = 1 << EventKind::Retransmit as u32;
-        assert!(!with(|f| { f.flags = Filter::KIND; f.kinds = retransmits }).matches(&e));
+        assert!(
+            !with(|f| {
+                f.flags = Filter::KIND;
+                f.kinds = retransmits
+            })
+            .matches(&e)
+        );
         let states = 1 << EventKind::State as u32;
-        assert!(with(|f| { f.flags = Filter::KIND; f.kinds = states | retransmits }).matches(&e));
+        assert!(
+            with(|f| {
+                f.flags = Filter::KIND;
+                f.kinds = states | retransmits
+            })
+            .matches(&e)
+        );
     }
 
     #[test]

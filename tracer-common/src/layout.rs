@@ -37,6 +37,8 @@ pub struct TpLayout {
     pub copy_len: u16,
     pub _pad: u16,
     pub skaddr: FieldLoc,
+    /// `skbaddr` of retransmit tracepoints.
+    pub skbaddr: FieldLoc,
     pub oldstate: FieldLoc,
     pub newstate: FieldLoc,
     /// `state` of retransmit tracepoints.
@@ -62,6 +64,7 @@ impl TpLayout {
         copy_len: 0,
         _pad: 0,
         skaddr: FieldLoc::ABSENT,
+        skbaddr: FieldLoc::ABSENT,
         oldstate: FieldLoc::ABSENT,
         newstate: FieldLoc::ABSENT,
         state: FieldLoc::ABSENT,
@@ -80,7 +83,9 @@ impl TpLayout {
 }
 
 const _: () = assert!(core::mem::size_of::<FieldLoc>() == 4);
-const _: () = assert!(core::mem::size_of::<TpLayout>() == 64);
+const _: () = assert!(core::mem::size_of::<TpLayout>() == 68);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TpLayout {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FieldLoc {}

@@ -1,32 +1,101 @@
-//! A stack copy of a tracepoint record and typed reads from it at run-time offsets.
+//! Per-CPU scratch slots: a copy of the record being decoded, and the flag the nested-event
+//! catcher reads.
 
-use aya_ebpf::{
-    EbpfContext, helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
 use tracer_common::{FieldLoc, TpLayout, layout::MAX_RECORD};
 
+/// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
+/// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
+/// run the kernel skipped are reclaimed oldest first.
+pub const MARKS: usize = 8;
+
 #[repr(C, align(8))]
-pub struct Record([u8; MAX_RECORD]);
+pub struct Slot {
+    /// Identities of handled transitions awaiting the catcher; 0 is free.
+    marks: [u64; MARKS],
+    /// When each mark was written (`next_seq` at the time): oldest is reclaimed first.
+    seqs: [u64; MARKS],
+    next_seq: u64,
+    /// Records emitted from this slot: paces the (costly) pending-bytes check.
+    pub emitted: u64,
+    rec: [u8; MAX_RECORD],
+}
 
-/// One slot per CPU: these programs never nest on a CPU (the kernel skips a program that would
-/// run while another one is active there and counts a recursion miss), so it cannot be clobbered.
-/// The BPF stack is too small to hold it beside the event being built.
+/// One transition's identity: socket address and both states. Kernel addresses share their top
+/// 16 bits, so folding the states into them keeps distinct transitions distinct.
+#[inline(always)]
+pub fn mark_of(sk: u64, old: u8, new: u8) -> u64 {
+    sk ^ (u64::from(old) << 48) ^ (u64::from(new) << 56)
+}
+
+/// Slot used by the classic tracepoint programs.
+pub const CLASSIC: u32 = 0;
+/// Slot used by the raw-tracepoint catcher.
+pub const NESTED: u32 = 1;
+
+/// Classic programs never nest on a CPU (the kernel skips one that would, and counts a
+/// recursion miss). The catcher only does work for a transition the classic program skipped,
+/// which happens in a softirq that interrupted it, and softirqs do not nest. So each slot has
+/// one user at a time. The BPF stack is too small to hold the copy beside the event.
 #[map]
-static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Slot> = PerCpuArray::with_max_entries(2, 0);
 
-impl Record {
-    /// Copies the record with one helper call; later reads are plain loads at offsets the
-    /// verifier knows. Direct context loads would need the offsets as instruction immediates.
+#[inline(always)]
+pub fn slot(which: u32) -> Option<&'static mut Slot> {
+    SCRATCH.get_ptr_mut(which).map(|p| unsafe { &mut *p })
+}
+
+impl Slot {
+    /// Records that the classic program handled a transition: in a free entry, else over the
+    /// oldest one.
     #[inline(always)]
-    pub fn copy(ctx: &TracePointContext, l: &'static TpLayout) -> Result<&'static Self, i64> {
+    pub fn mark(&mut self, mark: u64) {
+        let mut victim = 0;
+        let mut oldest = u64::MAX;
+        let mut i = 0;
+        while i < MARKS {
+            let age = if self.marks[i] == 0 {
+                0
+            } else {
+                self.seqs[i].wrapping_add(1)
+            };
+            if age < oldest {
+                oldest = age;
+                victim = i;
+            }
+            i += 1;
+        }
+        self.marks[victim] = mark;
+        self.seqs[victim] = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+    }
+
+    /// Whether the classic program handled this transition; consumes the mark.
+    #[inline(always)]
+    pub fn take_mark(&mut self, mark: u64) -> bool {
+        let mut found = false;
+        let mut i = 0;
+        while i < MARKS {
+            if self.marks[i] == mark {
+                self.marks[i] = 0;
+                found = true;
+            }
+            i += 1;
+        }
+        found
+    }
+
+    /// Copies the first `copy_len` bytes at `src` with one helper call; later reads are plain
+    /// loads at offsets the verifier knows (direct context loads would need the offsets as
+    /// instruction immediates).
+    #[inline(always)]
+    pub fn copy(&mut self, src: *const u8, l: &'static TpLayout) -> Result<(), i64> {
         let len = usize::from(load(&l.copy_len));
         if len == 0 || len > MAX_RECORD {
             return Err(-1);
         }
-        let rec = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(-1i64)? };
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut rec.0[..len]) }?;
-        Ok(rec)
+        unsafe { bpf_probe_read_kernel_buf(src, &mut self.rec[..len]) }?;
+        Ok(())
     }
 
     /// An unsigned integer field (1, 2, 4 or 8 bytes; userspace checked size and alignment).
@@ -38,7 +107,7 @@ impl Record {
         if off + usize::from(f.size) > MAX_RECORD {
             return 0;
         }
-        let p = unsafe { self.0.as_ptr().add(off) };
+        let p = unsafe { self.rec.as_ptr().add(off) };
         unsafe {
             match f.size {
                 1 => u64::from(*p),
@@ -56,8 +125,8 @@ impl Record {
         let f = load(f);
         let off = usize::from(f.offset);
         match f.size {
-            4 if off + 4 <= MAX_RECORD => out[..4].copy_from_slice(&self.0[off..off + 4]),
-            16 if off + 16 <= MAX_RECORD => out.copy_from_slice(&self.0[off..off + 16]),
+            4 if off + 4 <= MAX_RECORD => out[..4].copy_from_slice(&self.rec[off..off + 4]),
+            16 if off + 16 <= MAX_RECORD => out.copy_from_slice(&self.rec[off..off + 16]),
             _ => {}
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("cannot read {path}: {reason}")]
     Read { path: String, reason: String },
@@ -79,8 +79,10 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
         let path = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(path)
-            .map_err(|e| BtfError::Read { path: path.into(), reason: e.to_string() })?;
+        let data = std::fs::read(path).map_err(|e| BtfError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         Self::parse(&data)
     }
 
@@ -98,11 +100,18 @@ impl Btf {
             field(3).ok_or(BtfError::Format("short header"))?,
         );
         let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len).ok_or(BtfError::Format("section out of range"))
+            data.get(hdr_len + off..hdr_len + off + len)
+                .ok_or(BtfError::Format("section out of range"))
         };
         let tsec = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?.to_vec();
-        let mut types = vec![Type { name: 0, kind: 0, size_or_type: 0, members: vec![], array: None }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: vec![],
+            array: None,
+        }];
         let mut pos = 0;
         let short = BtfError::Format("truncated type");
         while pos < tsec.len() {
@@ -113,7 +122,13 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let mut t = Type { name, kind, size_or_type, members: Vec::new(), array: None };
+            let mut t = Type {
+                name,
+                kind,
+                size_or_type,
+                members: Vec::new(),
+                array: None,
+            };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
                 KIND_ARRAY => {
@@ -126,8 +141,11 @@ impl Btf {
                     for i in 0..vlen {
                         let m = pos + 12 * i;
                         let off = u32_at(tsec, m + 8).ok_or(short.clone())?;
-                        let (bit_offset, bitfield) =
-                            if kind_flag { (off & 0xff_ffff, off >> 24 != 0) } else { (off, false) };
+                        let (bit_offset, bitfield) = if kind_flag {
+                            (off & 0xff_ffff, off >> 24 != 0)
+                        } else {
+                            (off, false)
+                        };
                         t.members.push(Member {
                             name: u32_at(tsec, m).ok_or(short.clone())?,
                             ty: u32_at(tsec, m + 4).ok_or(short.clone())?,
@@ -143,7 +161,11 @@ impl Btf {
             }
             types.push(t);
         }
-        let mut btf = Self { types, strings, structs: HashMap::new() };
+        let mut btf = Self {
+            types,
+            strings,
+            structs: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && t.name != 0 {
                 let name = btf.string(t.name).to_owned();
@@ -206,7 +228,10 @@ impl Btf {
 
     /// Byte offset and size of `path` (members, each inside the previous one) in struct `strukt`.
     pub fn field(&self, strukt: &str, path: &[&str]) -> Result<Field, BtfError> {
-        let id = *self.structs.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let mut t = &self.types[id as usize];
         let mut bits = 0u32;
         let mut member = None;
@@ -220,14 +245,88 @@ impl Btf {
                 return Err(BtfError::Bitfield((*name).into()));
             }
             bits += off;
-            t = self.resolve(m.ty).ok_or(BtfError::Format("dangling type id"))?;
+            t = self
+                .resolve(m.ty)
+                .ok_or(BtfError::Format("dangling type id"))?;
             owner = (*name).into();
             member = Some(m);
         }
         let m = member.ok_or(BtfError::Format("empty member path"))?;
-        let size = self.size_of(m.ty).ok_or(BtfError::Format("member of unknown size"))?;
-        Ok(Field { offset: bits / 8, size })
+        let size = self
+            .size_of(m.ty)
+            .ok_or(BtfError::Format("member of unknown size"))?;
+        Ok(Field {
+            offset: bits / 8,
+            size,
+        })
     }
+}
+
+/// Where the nested-event catchers find a TCP socket's identity in `struct sock`.
+pub struct SockLayout {
+    /// The copied prefix: family, ports, addresses.
+    pub layout: tracer_common::TpLayout,
+    /// `skc_state`, inside the prefix.
+    pub state: tracer_common::FieldLoc,
+    /// `sk_protocol`, read separately.
+    pub protocol: tracer_common::FieldLoc,
+    /// `inet_sock.inet_sport` and `inet_sock.inet_saddr`, read separately: the local side as the
+    /// tracepoints report it.
+    pub inet_sport: tracer_common::FieldLoc,
+    pub inet_saddr: tracer_common::FieldLoc,
+}
+
+pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
+    use tracer_common::{FieldLoc, TpLayout, layout::MAX_RECORD};
+    let loc_in = |strukt: &str, path: &[&str], size: u32| -> Result<FieldLoc, String> {
+        let f = btf.field(strukt, path).map_err(|e| e.to_string())?;
+        let name = path.last().copied().unwrap_or_default();
+        if f.size != size {
+            return Err(format!("sock.{name} has size {} (expected {size})", f.size));
+        }
+        if size <= 8 && f.offset % size != 0 {
+            return Err(format!("sock.{name} is misaligned"));
+        }
+        let offset =
+            u16::try_from(f.offset).map_err(|_| format!("sock.{name} offset too large"))?;
+        Ok(FieldLoc {
+            offset,
+            size: size as u16,
+        })
+    };
+    let loc = |path: &[&str], size: u32| loc_in("sock", path, size);
+    let common = |member: &'static str, size| loc(&["__sk_common", member], size);
+    let mut l = TpLayout::EMPTY;
+    l.family = common("skc_family", 2)?;
+    l.dport = common("skc_dport", 2)?;
+    l.saddr = common("skc_rcv_saddr", 4)?;
+    l.daddr = common("skc_daddr", 4)?;
+    l.saddr_v6 = common("skc_v6_rcv_saddr", 16)?;
+    l.daddr_v6 = common("skc_v6_daddr", 16)?;
+    let state = common("skc_state", 1)?;
+    let end = [
+        l.family, l.dport, l.saddr, l.daddr, l.saddr_v6, l.daddr_v6, state,
+    ]
+    .iter()
+    .map(FieldLoc::end)
+    .max()
+    .unwrap_or(0);
+    if end > MAX_RECORD {
+        return Err(format!(
+            "socket identity ends at byte {end}, beyond the {MAX_RECORD}-byte copy"
+        ));
+    }
+    l.copy_len = end as u16;
+    let protocol = loc(&["sk_protocol"], 2)?;
+    let inet_sport = loc_in("inet_sock", &["inet_sport"], 2)?;
+    let inet_saddr = loc_in("inet_sock", &["inet_saddr"], 4)?;
+    Ok(SockLayout {
+        layout: l,
+        state,
+        protocol,
+        inet_sport,
+        inet_saddr,
+    })
 }
 
 #[cfg(test)]
@@ -243,28 +342,73 @@ mod tests {
         strings.push(0);
         let s = |name: &str| -> u32 {
             let pat = format!("\0{name}\0");
-            strings.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t = Vec::new();
-        let mut push = |words: &[u32]| words.iter().for_each(|w| t.extend_from_slice(&w.to_le_bytes()));
-        let info = |kind: u32, vlen: u32, flag: bool| (kind << 24) | vlen | if flag { 1 << 31 } else { 0 };
+        let mut push = |words: &[u32]| {
+            words
+                .iter()
+                .for_each(|w| t.extend_from_slice(&w.to_le_bytes()))
+        };
+        let info =
+            |kind: u32, vlen: u32, flag: bool| (kind << 24) | vlen | if flag { 1 << 31 } else { 0 };
         push(&[s("int"), info(KIND_INT, 0, false), 4, 32]); // 1: int
         push(&[0, info(KIND_INT, 0, false), 2, 16]); // 2: unsigned short
         push(&[s("__u16"), info(KIND_TYPEDEF, 0, false), 2]); // 3: __u16
-        push(&[s("inner"), info(KIND_STRUCT, 2, false), 4, s("a"), 3, 0, s("b"), 3, 16]); // 4
-        push(&[0, info(KIND_UNION, 2, false), 4, s("in"), 4, 0, s("y"), 1, 0]); // 5: anon union
+        push(&[
+            s("inner"),
+            info(KIND_STRUCT, 2, false),
+            4,
+            s("a"),
+            3,
+            0,
+            s("b"),
+            3,
+            16,
+        ]); // 4
+        push(&[
+            0,
+            info(KIND_UNION, 2, false),
+            4,
+            s("in"),
+            4,
+            0,
+            s("y"),
+            1,
+            0,
+        ]); // 5: anon union
         push(&[0, info(KIND_ARRAY, 0, false), 0, 3, 1, 3]); // 6: __u16[3]
         push(&[
-            s("outer"), info(KIND_STRUCT, 4, true), 20,
-            s("x"), 1, 0,
-            0, 5, 32,
-            s("z"), 6, 64,
-            s("bits"), 1, (3 << 24) | 128,
+            s("outer"),
+            info(KIND_STRUCT, 4, true),
+            20,
+            s("x"),
+            1,
+            0,
+            0,
+            5,
+            32,
+            s("z"),
+            6,
+            64,
+            s("bits"),
+            1,
+            (3 << 24) | 128,
         ]); // 7
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -276,12 +420,24 @@ mod tests {
     fn resolves_members_through_anonymous_unions() {
         let btf = Btf::parse(&sample()).unwrap();
         assert_eq!(btf.field("outer", &["x"]), Ok(Field { offset: 0, size: 4 }));
-        assert_eq!(btf.field("outer", &["in", "b"]), Ok(Field { offset: 6, size: 2 }));
+        assert_eq!(
+            btf.field("outer", &["in", "b"]),
+            Ok(Field { offset: 6, size: 2 })
+        );
         assert_eq!(btf.field("outer", &["y"]), Ok(Field { offset: 4, size: 4 }));
         assert_eq!(btf.field("outer", &["z"]), Ok(Field { offset: 8, size: 6 }));
-        assert_eq!(btf.field("outer", &["bits"]), Err(BtfError::Bitfield("bits".into())));
-        assert!(matches!(btf.field("outer", &["nope"]), Err(BtfError::NoMember { .. })));
-        assert_eq!(btf.field("missing", &["x"]), Err(BtfError::NoStruct("missing".into())));
+        assert_eq!(
+            btf.field("outer", &["bits"]),
+            Err(BtfError::Bitfield("bits".into()))
+        );
+        assert!(matches!(
+            btf.field("outer", &["nope"]),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert_eq!(
+            btf.field("missing", &["x"]),
+            Err(BtfError::NoStruct("missing".into()))
+        );
     }
 
     #[test]
@@ -301,7 +457,15 @@ mod tests {
         };
         let family = btf.field("sock", &["__sk_common", "skc_family"]).unwrap();
         assert_eq!(family.size, 2);
-        assert_eq!(btf.field("sock", &["__sk_common", "skc_v6_daddr"]).unwrap().size, 16);
-        assert_eq!(btf.field("sock", &["__sk_common", "skc_num"]).unwrap().size, 2);
+        assert_eq!(
+            btf.field("sock", &["__sk_common", "skc_v6_daddr"])
+                .unwrap()
+                .size,
+            16
+        );
+        assert_eq!(
+            btf.field("sock", &["__sk_common", "skc_num"]).unwrap().size,
+            2
+        );
     }
 }

@@ -38,7 +38,8 @@ pub enum EventType {
 pub enum Wakeup {
     /// Wake the reader whenever it has caught up (the ring buffer's own policy).
     Adaptive,
-    /// Wake the reader only when --wakeup-bytes are pending, and drain every 50 ms.
+    /// Never wake the reader for one record: wake it when --wakeup-bytes are pending (checked
+    /// every 64 records per CPU) and drain every 50 ms.
     Batched,
 }
 
@@ -94,8 +95,8 @@ pub struct StreamArgs {
     /// Capacity of the kernel's socket owner map (sockets tracked at once).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
-    /// When the kernel wakes the reader.
-    #[arg(long, value_enum, default_value_t = Wakeup::Adaptive)]
+    /// When the kernel wakes the reader (batched is cheaper per event; see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = Wakeup::Batched)]
     pub wakeup: Wakeup,
     /// With --wakeup batched: pending bytes that force a wakeup.
     #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
@@ -131,7 +132,9 @@ fn parse_state(s: &str) -> Result<u8, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0 && secs <= 1e9) {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }
@@ -160,7 +163,9 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if n < 4096 || !n.is_power_of_two() {
-        return Err(format!("`{s}` must be a power of two of at least 4K (e.g. 16M)"));
+        return Err(format!(
+            "`{s}` must be a power of two of at least 4K (e.g. 16M)"
+        ));
     }
     Ok(n)
 }
@@ -252,8 +257,14 @@ mod tests {
 
     fn stream(args: &[&str]) -> StreamArgs {
         match parse(args).unwrap() {
-            Cli { command: Some(Command::Stream(s)), .. } => s,
-            Cli { command: None, stream } => stream,
+            Cli {
+                command: Some(Command::Stream(s)),
+                ..
+            } => s,
+            Cli {
+                command: None,
+                stream,
+            } => stream,
         }
     }
 
@@ -269,8 +280,22 @@ mod tests {
     #[test]
     fn filters_translate_to_the_kernel_filter() {
         let f = stream(&[
-            "--pid", "42", "--comm", "nginx", "--lport", "443", "--rport", "5000", "--addr",
-            "10.0.0.1", "-4", "--state", "CLOSE_WAIT,time-wait", "--state", "LISTEN", "--type",
+            "--pid",
+            "42",
+            "--comm",
+            "nginx",
+            "--lport",
+            "443",
+            "--rport",
+            "5000",
+            "--addr",
+            "10.0.0.1",
+            "-4",
+            "--state",
+            "CLOSE_WAIT,time-wait",
+            "--state",
+            "LISTEN",
+            "--type",
             "retransmit",
         ])
         .config()
@@ -286,17 +311,25 @@ mod tests {
                 | Filter::STATE
                 | Filter::KIND
         );
-        assert_eq!((f.pid, f.lport, f.rport, f.family), (42, 443, 5000, AF_INET));
+        assert_eq!(
+            (f.pid, f.lport, f.rport, f.family),
+            (42, 443, 5000, AF_INET)
+        );
         assert_eq!(&f.comm[..6], b"nginx\0");
         assert_eq!(f.addr_family, AF_INET);
         assert_eq!(&f.addr[..4], &[10, 0, 0, 1]);
         assert_eq!(
             f.state_mask,
-            state::bit(state::CLOSE_WAIT) | state::bit(state::TIME_WAIT) | state::bit(state::LISTEN)
+            state::bit(state::CLOSE_WAIT)
+                | state::bit(state::TIME_WAIT)
+                | state::bit(state::LISTEN)
         );
         assert_eq!(f.kinds, 1 << EventKind::Retransmit as u32);
         let v6 = stream(&["-6", "--addr", "::1"]).config().filter;
-        assert_eq!((v6.family, v6.addr_family, v6.addr[15]), (AF_INET6, AF_INET6, 1));
+        assert_eq!(
+            (v6.family, v6.addr_family, v6.addr[15]),
+            (AF_INET6, AF_INET6, 1)
+        );
         assert_eq!(stream(&[]).config().filter, Filter::ANY);
     }
 

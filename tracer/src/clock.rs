@@ -3,10 +3,15 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(id, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Offset between the two clocks, taken once: wall-clock steps after start-up do not reorder
@@ -20,12 +25,16 @@ impl Clock {
     pub fn new() -> Self {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let wall = clock_ns(libc::CLOCK_REALTIME);
-        Self { wall_minus_mono_ns: wall.saturating_sub(mono) }
+        Self {
+            wall_minus_mono_ns: wall.saturating_sub(mono),
+        }
     }
 
     /// A clock whose wall time equals the monotonic time plus `offset_ns` (for tests).
     pub fn with_offset(offset_ns: u64) -> Self {
-        Self { wall_minus_mono_ns: offset_ns }
+        Self {
+            wall_minus_mono_ns: offset_ns,
+        }
     }
 
     pub fn now_mono_ns() -> u64 {

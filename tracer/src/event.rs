@@ -44,17 +44,71 @@ impl std::fmt::Display for TcpState {
     }
 }
 
+/// A command name, stored inline (decoding allocates nothing per event).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    pub fn new(raw: &[u8]) -> Self {
+        let raw = &raw[..raw.len().min(COMM_LEN)];
+        let len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+        // Keep the longest valid UTF-8 prefix: the kernel copies bytes, not characters.
+        let len = match std::str::from_utf8(&raw[..len]) {
+            Ok(_) => len,
+            Err(e) => e.valid_up_to(),
+        };
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        Self::new(s.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub source: OwnerSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detail {
-    State { old: TcpState, new: TcpState, duration_ns: Option<u64> },
-    Retransmit { state: TcpState, err: Option<i32> },
+    State {
+        old: TcpState,
+        new: TcpState,
+        duration_ns: Option<u64>,
+    },
+    Retransmit {
+        state: TcpState,
+        err: Option<i32>,
+    },
 }
 
 /// One decoded kernel event.
@@ -119,19 +173,26 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let src_raw = b[offset_of!(RawEvent, owner_src)];
     let source = OwnerSource::try_from(src_raw).map_err(DecodeError::OwnerSource)?;
     let pid = u32_at(b, offset_of!(RawEvent, pid));
-    let owner = (pid != 0 && source != OwnerSource::Unknown).then(|| {
-        let comm = &b[offset_of!(RawEvent, comm)..offset_of!(RawEvent, comm) + COMM_LEN];
-        let len = comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
-        Owner { pid, comm: String::from_utf8_lossy(&comm[..len]).into_owned(), source }
+    let owner = (pid != 0 && source != OwnerSource::Unknown).then(|| Owner {
+        pid,
+        comm: Comm::new(&b[offset_of!(RawEvent, comm)..offset_of!(RawEvent, comm) + COMM_LEN]),
+        source,
     });
     let detail = match kind {
         EventKind::State => {
             let d = u64_at(b, offset_of!(RawEvent, duration_ns));
-            Detail::State { old, new, duration_ns: (d != 0).then_some(d) }
+            Detail::State {
+                old,
+                new,
+                duration_ns: (d != 0).then_some(d),
+            }
         }
         EventKind::Retransmit => {
             let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
-            Detail::Retransmit { state: new, err: (err != 0).then_some(err) }
+            Detail::Retransmit {
+                state: new,
+                err: (err != 0).then_some(err),
+            }
         }
     };
     Ok(Event {
@@ -157,7 +218,10 @@ pub(crate) mod tests {
         let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
         put(offset_of!(RawEvent, ts_ns), &ev.ts_ns.to_ne_bytes());
         put(offset_of!(RawEvent, sk), &ev.sk.to_ne_bytes());
-        put(offset_of!(RawEvent, duration_ns), &ev.duration_ns.to_ne_bytes());
+        put(
+            offset_of!(RawEvent, duration_ns),
+            &ev.duration_ns.to_ne_bytes(),
+        );
         put(offset_of!(RawEvent, saddr), &ev.saddr);
         put(offset_of!(RawEvent, daddr), &ev.daddr);
         put(offset_of!(RawEvent, comm), &ev.comm);
@@ -197,10 +261,17 @@ pub(crate) mod tests {
         let ev = decode(&encode(&raw_v4())).unwrap();
         assert_eq!(ev.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(ev.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!((ev.sport, ev.dport, ev.sk), (40000, 8080, 0xffff_8881_0000_1000));
+        assert_eq!(
+            (ev.sport, ev.dport, ev.sk),
+            (40000, 8080, 0xffff_8881_0000_1000)
+        );
         assert_eq!(
             ev.owner,
-            Some(Owner { pid: 4242, comm: "nginx".into(), source: OwnerSource::Process })
+            Some(Owner {
+                pid: 4242,
+                comm: Comm::from("nginx"),
+                source: OwnerSource::Process
+            })
         );
         assert_eq!(
             ev.detail,
@@ -230,8 +301,22 @@ pub(crate) mod tests {
         assert_eq!(ev.owner, None);
         assert_eq!(
             ev.detail,
-            Detail::Retransmit { state: TcpState(state::ESTABLISHED), err: Some(-105) }
+            Detail::Retransmit {
+                state: TcpState(state::ESTABLISHED),
+                err: Some(-105)
+            }
         );
+    }
+
+    #[test]
+    fn comm_keeps_valid_utf8_only() {
+        assert_eq!(Comm::new(b"nginx\0\0\0").as_str(), "nginx");
+        assert_eq!(
+            Comm::new(b"0123456789abcdefXYZ").as_str(),
+            "0123456789abcdef"
+        );
+        assert_eq!(Comm::new(&[b'a', 0xc3]).as_str(), "a");
+        assert_eq!(Comm::new(&[]).as_str(), "");
     }
 
     #[test]

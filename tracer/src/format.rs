@@ -12,9 +12,16 @@ pub enum FormatError {
     #[error("no `format:` section")]
     NoFields,
     #[error("tracepoint {tracepoint}: required field `{field}` is missing")]
-    MissingField { tracepoint: &'static str, field: &'static str },
+    MissingField {
+        tracepoint: &'static str,
+        field: &'static str,
+    },
     #[error("tracepoint {tracepoint}: field `{field}` has {problem}")]
-    BadField { tracepoint: &'static str, field: &'static str, problem: String },
+    BadField {
+        tracepoint: &'static str,
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// One `field:` line.
@@ -70,7 +77,7 @@ pub fn parse(text: &str) -> Result<Format, FormatError> {
     Ok(Format { name, id, fields })
 }
 
-/// `field:__u8 saddr[4];	offset:32;	size:4;	signed:0;`
+/// `field:__u8 saddr[4];<TAB>offset:32;<TAB>size:4;<TAB>signed:0;`
 fn parse_field(line: &str) -> Option<Field> {
     let mut decl = None;
     let (mut offset, mut size, mut signed) = (None, None, false);
@@ -93,7 +100,13 @@ fn parse_field(line: &str) -> Option<Field> {
         .next()
         .filter(|n| !n.is_empty())?
         .to_owned();
-    Some(Field { name, decl, offset: offset?, size: size?, signed })
+    Some(Field {
+        name,
+        decl,
+        offset: offset?,
+        size: size?,
+        signed,
+    })
 }
 
 /// The tracepoints the kernel programs attach to.
@@ -158,6 +171,7 @@ impl Tracepoint {
         ];
         const RETRANSMIT: &[Spec] = &[
             spec(Skaddr, &["skaddr"], &[8], true),
+            spec(Skbaddr, &["skbaddr"], &[8], true),
             spec(State, &["state"], INT, true),
             spec(Sport, &["sport"], &[2], true),
             spec(Dport, &["dport"], &[2], true),
@@ -188,6 +202,7 @@ const INT: &[u16] = &[1, 2, 4];
 #[derive(Clone, Copy)]
 enum Slot {
     Skaddr,
+    Skbaddr,
     Oldstate,
     Newstate,
     State,
@@ -217,12 +232,18 @@ const fn spec(
     sizes: &'static [u16],
     required: bool,
 ) -> Spec {
-    Spec { slot, names, sizes, required }
+    Spec {
+        slot,
+        names,
+        sizes,
+        required,
+    }
 }
 
 fn slot_mut(l: &mut TpLayout, slot: Slot) -> &mut FieldLoc {
     match slot {
         Slot::Skaddr => &mut l.skaddr,
+        Slot::Skbaddr => &mut l.skbaddr,
         Slot::Oldstate => &mut l.oldstate,
         Slot::Newstate => &mut l.newstate,
         Slot::State => &mut l.state,
@@ -250,7 +271,10 @@ pub fn layout(tp: Tracepoint, format: &Format) -> Result<TpLayout, FormatError> 
         let field_name = spec.names[0];
         let Some(field) = spec.names.iter().find_map(|n| format.field(n)) else {
             if spec.required {
-                return Err(FormatError::MissingField { tracepoint: tp.name(), field: field_name });
+                return Err(FormatError::MissingField {
+                    tracepoint: tp.name(),
+                    field: field_name,
+                });
             }
             continue;
         };
@@ -260,15 +284,27 @@ pub fn layout(tp: Tracepoint, format: &Format) -> Result<TpLayout, FormatError> 
             problem,
         };
         if !spec.sizes.contains(&field.size) {
-            return Err(bad(format!("size {} (expected one of {:?})", field.size, spec.sizes)));
+            return Err(bad(format!(
+                "size {} (expected one of {:?})",
+                field.size, spec.sizes
+            )));
         }
         let is_array = field.decl.contains('[');
         if !is_array && field.offset % field.size != 0 {
-            return Err(bad(format!("misaligned offset {} for size {}", field.offset, field.size)));
+            return Err(bad(format!(
+                "misaligned offset {} for size {}",
+                field.offset, field.size
+            )));
         }
-        let loc = FieldLoc { offset: field.offset, size: field.size };
+        let loc = FieldLoc {
+            offset: field.offset,
+            size: field.size,
+        };
         if loc.end() > MAX_RECORD {
-            return Err(bad(format!("end {} beyond the {MAX_RECORD}-byte record copy", loc.end())));
+            return Err(bad(format!(
+                "end {} beyond the {MAX_RECORD}-byte record copy",
+                loc.end()
+            )));
         }
         end = end.max(loc.end());
         *slot_mut(&mut out, spec.slot) = loc;
@@ -282,7 +318,10 @@ mod tests {
     use super::*;
 
     fn fixture(path: &str) -> Format {
-        let full = format!("{}/tests/fixtures/formats/{path}", env!("CARGO_MANIFEST_DIR"));
+        let full = format!(
+            "{}/tests/fixtures/formats/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
         parse(&text).unwrap()
     }
@@ -298,12 +337,48 @@ mod tests {
         assert!(f.field("oldstate").unwrap().signed);
         let l = layout(Tracepoint::InetSockSetState, &f).unwrap();
         assert_eq!(l.skaddr, FieldLoc { offset: 8, size: 8 });
-        assert_eq!(l.oldstate, FieldLoc { offset: 16, size: 4 });
-        assert_eq!(l.newstate, FieldLoc { offset: 20, size: 4 });
-        assert_eq!(l.sport, FieldLoc { offset: 24, size: 2 });
-        assert_eq!(l.protocol, FieldLoc { offset: 30, size: 2 });
-        assert_eq!(l.daddr, FieldLoc { offset: 36, size: 4 });
-        assert_eq!(l.daddr_v6, FieldLoc { offset: 56, size: 16 });
+        assert_eq!(
+            l.oldstate,
+            FieldLoc {
+                offset: 16,
+                size: 4
+            }
+        );
+        assert_eq!(
+            l.newstate,
+            FieldLoc {
+                offset: 20,
+                size: 4
+            }
+        );
+        assert_eq!(
+            l.sport,
+            FieldLoc {
+                offset: 24,
+                size: 2
+            }
+        );
+        assert_eq!(
+            l.protocol,
+            FieldLoc {
+                offset: 30,
+                size: 2
+            }
+        );
+        assert_eq!(
+            l.daddr,
+            FieldLoc {
+                offset: 36,
+                size: 4
+            }
+        );
+        assert_eq!(
+            l.daddr_v6,
+            FieldLoc {
+                offset: 56,
+                size: 16
+            }
+        );
         assert_eq!(l.copy_len, 72);
         assert!(!l.err.is_present());
     }
@@ -323,11 +398,33 @@ mod tests {
 
     #[test]
     fn retransmit_with_and_without_err() {
-        let with = layout(Tracepoint::TcpRetransmitSkb, &fixture("6.18/tcp_retransmit_skb.format"))
-            .unwrap();
-        assert_eq!(with.err, FieldLoc { offset: 76, size: 4 });
-        assert_eq!(with.state, FieldLoc { offset: 24, size: 4 });
-        assert_eq!(with.saddr, FieldLoc { offset: 34, size: 4 });
+        let with = layout(
+            Tracepoint::TcpRetransmitSkb,
+            &fixture("6.18/tcp_retransmit_skb.format"),
+        )
+        .unwrap();
+        assert_eq!(
+            with.err,
+            FieldLoc {
+                offset: 76,
+                size: 4
+            }
+        );
+        assert_eq!(with.skbaddr, FieldLoc { offset: 8, size: 8 });
+        assert_eq!(
+            with.state,
+            FieldLoc {
+                offset: 24,
+                size: 4
+            }
+        );
+        assert_eq!(
+            with.saddr,
+            FieldLoc {
+                offset: 34,
+                size: 4
+            }
+        );
         assert_eq!(with.copy_len, 80);
         let without = layout(
             Tracepoint::TcpRetransmitSkb,
@@ -347,8 +444,20 @@ mod tests {
         ] {
             let l = layout(tp, &fixture(file)).unwrap();
             assert_eq!(l.skaddr, FieldLoc { offset: 8, size: 8 });
-            assert_eq!(l.ret, FieldLoc { offset: 20, size: 4 });
-            assert_eq!(l.flags, FieldLoc { offset: 24, size: 4 });
+            assert_eq!(
+                l.ret,
+                FieldLoc {
+                    offset: 20,
+                    size: 4
+                }
+            );
+            assert_eq!(
+                l.flags,
+                FieldLoc {
+                    offset: 24,
+                    size: 4
+                }
+            );
             assert_eq!(l.copy_len, 28);
         }
     }
@@ -360,7 +469,11 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             let f = parse(&text).unwrap();
-            assert!(f.fields.iter().any(|f| f.name == "common_type"), "{}", f.name);
+            assert!(
+                f.fields.iter().any(|f| f.name == "common_type"),
+                "{}",
+                f.name
+            );
             n += 1;
         }
         assert!(n >= 8);
@@ -373,13 +486,22 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        let no_proto: String =
-            text.lines().filter(|l| !l.contains("protocol;")).collect::<Vec<_>>().join("\n");
+        let no_proto: String = text
+            .lines()
+            .filter(|l| !l.contains("protocol;"))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert_eq!(
             layout(Tracepoint::InetSockSetState, &parse(&no_proto).unwrap()),
-            Err(FormatError::MissingField { tracepoint: "inet_sock_set_state", field: "protocol" })
+            Err(FormatError::MissingField {
+                tracepoint: "inet_sock_set_state",
+                field: "protocol"
+            })
         );
-        let wide = text.replace("__u16 sport;\toffset:24;\tsize:2;", "__u32 sport;\toffset:24;\tsize:4;");
+        let wide = text.replace(
+            "__u16 sport;\toffset:24;\tsize:2;",
+            "__u32 sport;\toffset:24;\tsize:4;",
+        );
         assert!(matches!(
             layout(Tracepoint::InetSockSetState, &parse(&wide).unwrap()),
             Err(FormatError::BadField { field: "sport", .. })
@@ -392,7 +514,10 @@ mod tests {
         let far = text.replace("offset:56;\tsize:16;", "offset:120;\tsize:16;");
         assert!(matches!(
             layout(Tracepoint::InetSockSetState, &parse(&far).unwrap()),
-            Err(FormatError::BadField { field: "daddr_v6", .. })
+            Err(FormatError::BadField {
+                field: "daddr_v6",
+                ..
+            })
         ));
     }
 
@@ -404,7 +529,10 @@ mod tests {
             parse("format:\n\tfield:int x;\toffset:abc;\tsize:4;\n"),
             Err(FormatError::Syntax { line: 2, .. })
         ));
-        assert!(matches!(parse("format:\n\tfield:;\toffset:1;\tsize:4;\n"), Err(FormatError::Syntax { .. })));
+        assert!(matches!(
+            parse("format:\n\tfield:;\toffset:1;\tsize:4;\n"),
+            Err(FormatError::Syntax { .. })
+        ));
         assert!(parse("\u{0}\u{ff}garbage\nformat:\nfield:").is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! Kernel programs push transitions into a ring buffer ([`probes`]); the [`reader`] task drains it
 //! into owned [`event`]s; commands such as [`stream`] consume them.
 
-pub mod cli;
 pub mod btf;
+pub mod cli;
 pub mod clock;
 pub mod event;
 pub mod format;
@@ -16,3 +16,4 @@ pub mod probes;
 pub mod reader;
 pub mod stream;
 pub mod tracefs;
+pub mod undelivered;

@@ -15,15 +15,18 @@ pub enum LossCause {
     ListenerMapFull,
     /// A record could not be decoded (version mismatch or corruption).
     Decode,
+    /// The kernel fired the tracepoint without running the programs attached to it.
+    KernelUndelivered,
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 5] = [
+    pub const ALL: [LossCause; 6] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
         Self::ListenerMapFull,
         Self::Decode,
+        Self::KernelUndelivered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl LossCause {
             Self::SockMapFull => "sock_map_full",
             Self::ListenerMapFull => "listener_map_full",
             Self::Decode => "decode_error",
+            Self::KernelUndelivered => "kernel_undelivered",
         }
     }
 
@@ -43,12 +47,16 @@ impl LossCause {
             Self::SockMapFull => "socket map update failed: owners/durations missing",
             Self::ListenerMapFull => "listener map full: passive owners missing",
             Self::Decode => "undecodable ring buffer record",
+            Self::KernelUndelivered => "the kernel skipped the tracer's programs for a transition",
         }
     }
 
     /// Whether the cause drops events (as opposed to degrading what they carry).
     pub fn drops_events(self) -> bool {
-        matches!(self, Self::RingbufFull | Self::RecursionMiss | Self::Decode)
+        matches!(
+            self,
+            Self::RingbufFull | Self::RecursionMiss | Self::Decode | Self::KernelUndelivered
+        )
     }
 }
 
@@ -76,7 +84,11 @@ impl LossTotals {
 
     /// Events dropped, over all causes that drop events.
     pub fn dropped(&self) -> u64 {
-        LossCause::ALL.iter().filter(|c| c.drops_events()).map(|&c| self.total(c)).sum()
+        LossCause::ALL
+            .iter()
+            .filter(|c| c.drops_events())
+            .map(|&c| self.total(c))
+            .sum()
     }
 
     /// Causes whose total grew since the previous call, with the growth.
@@ -111,16 +123,23 @@ mod tests {
         assert!(t.take_new().is_empty());
         t.observe(LossCause::RingbufFull, 5);
         t.add(LossCause::Decode, 1);
-        assert_eq!(t.take_new(), vec![(LossCause::RingbufFull, 5), (LossCause::Decode, 1)]);
+        assert_eq!(
+            t.take_new(),
+            vec![(LossCause::RingbufFull, 5), (LossCause::Decode, 1)]
+        );
         assert!(t.take_new().is_empty());
         t.observe(LossCause::RingbufFull, 3); // never goes backwards
         t.observe(LossCause::RingbufFull, 8);
         t.observe(LossCause::SockMapFull, 2);
-        assert_eq!(t.take_new(), vec![(LossCause::RingbufFull, 3), (LossCause::SockMapFull, 2)]);
+        assert_eq!(
+            t.take_new(),
+            vec![(LossCause::RingbufFull, 3), (LossCause::SockMapFull, 2)]
+        );
         assert_eq!(t.dropped(), 9);
         assert_eq!(
             t.summary(),
-            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 decode_error=1"
+            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 decode_error=1 \
+             kernel_undelivered=0"
         );
     }
 }

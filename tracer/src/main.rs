@@ -7,8 +7,14 @@ use tracer::cli::{Cli, Command};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Some(Command::Stream(args)) => tracer::stream::run(&args).await.map(drop).map_err(Into::into),
-        None => tracer::stream::run(&cli.stream).await.map(drop).map_err(Into::into),
+        Some(Command::Stream(args)) => tracer::stream::run(&args)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+        None => tracer::stream::run(&cli.stream)
+            .await
+            .map(drop)
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,11 @@ use crate::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Event(Event),
-    Lost { ts_ns: u64, cause: LossCause, count: u64 },
+    Lost {
+        ts_ns: u64,
+        cause: LossCause,
+        count: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +41,29 @@ pub fn owner_source_name(s: OwnerSource) -> &'static str {
     }
 }
 
+/// Serializes through `Display` straight into the output, without an intermediate String.
+struct Text<T: std::fmt::Display>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+struct Hex(u64);
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct JsonEvent<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    time: String,
-    sk: String,
+    time: Text<humantime::Rfc3339Timestamp>,
+    sk: Text<Hex>,
     pid: Option<u32>,
     comm: Option<&'a str>,
     owner: &'static str,
@@ -87,7 +108,13 @@ fn rfc3339(t: SystemTime) -> String {
 fn time_of_day(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let s = d.as_secs() % 86_400;
-    format!("{:02}:{:02}:{:02}.{:06}", s / 3600, s / 60 % 60, s % 60, d.subsec_micros())
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_micros()
+    )
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -118,7 +145,14 @@ impl<W: Write> Printer<W> {
         match (self.format, rec) {
             (Format::Json, Record::Event(ev)) => self.json_event(ev),
             (Format::Human, Record::Event(ev)) => self.human_event(ev),
-            (Format::Json, Record::Lost { ts_ns, cause, count }) => {
+            (
+                Format::Json,
+                Record::Lost {
+                    ts_ns,
+                    cause,
+                    count,
+                },
+            ) => {
                 let rec = JsonLost {
                     kind: "lost",
                     time: rfc3339(self.clock.wall(*ts_ns)),
@@ -128,7 +162,14 @@ impl<W: Write> Printer<W> {
                 serde_json::to_writer(&mut self.out, &rec)?;
                 self.out.write_all(b"\n")
             }
-            (Format::Human, Record::Lost { ts_ns, cause, count }) => writeln!(
+            (
+                Format::Human,
+                Record::Lost {
+                    ts_ns,
+                    cause,
+                    count,
+                },
+            ) => writeln!(
                 self.out,
                 "{} LOST {count} events ({})",
                 time_of_day(self.clock.wall(*ts_ns)),
@@ -149,7 +190,11 @@ impl<W: Write> Printer<W> {
         let (mut old_state, mut new_state, mut duration_ms, mut state, mut err) =
             (None, None, None, None, None);
         let kind = match &ev.detail {
-            Detail::State { old, new, duration_ns } => {
+            Detail::State {
+                old,
+                new,
+                duration_ns,
+            } => {
                 old_state = Some(old.name());
                 new_state = Some(new.name());
                 duration_ms = duration_ns.map(ms);
@@ -163,8 +208,8 @@ impl<W: Write> Printer<W> {
         };
         let rec = JsonEvent {
             kind,
-            time: rfc3339(self.clock.wall(ev.ts_ns)),
-            sk: format!("{:#x}", ev.sk),
+            time: Text(humantime::format_rfc3339_micros(self.clock.wall(ev.ts_ns))),
+            sk: Text(Hex(ev.sk)),
             pid: ev.owner.as_ref().map(|o| o.pid),
             comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
             owner: owner_source_name(ev.owner.as_ref().map_or(OwnerSource::Unknown, |o| o.source)),
@@ -189,7 +234,11 @@ impl<W: Write> Printer<W> {
             None => ("-".to_owned(), "-"),
         };
         let (what, dur) = match &ev.detail {
-            Detail::State { old, new, duration_ns } => (
+            Detail::State {
+                old,
+                new,
+                duration_ns,
+            } => (
                 format!("{old} -> {new}"),
                 duration_ns.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", ms(d))),
             ),
@@ -218,7 +267,10 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{decode, tests::{encode, raw_v4}};
+    use crate::event::{
+        decode,
+        tests::{encode, raw_v4},
+    };
 
     /// 2023-11-14T12:00:00Z.
     const NOON: u64 = 1_699_963_200 * 1_000_000_000;
@@ -269,15 +321,28 @@ mod tests {
         assert_eq!(v["pid"], serde_json::Value::Null);
         assert_eq!(v["owner"], "unknown");
         assert!(v.get("new_state").is_none() && v.get("err").is_none());
-        let lost = Record::Lost { ts_ns: 123_456_789, cause: LossCause::RingbufFull, count: 7 };
+        let lost = Record::Lost {
+            ts_ns: 123_456_789,
+            cause: LossCause::RingbufFull,
+            count: 7,
+        };
         let v: serde_json::Value = serde_json::from_str(&render(Format::Json, &lost)).unwrap();
-        assert_eq!((v["type"].as_str(), v["cause"].as_str(), v["count"].as_u64()), (Some("lost"), Some("ringbuf_full"), Some(7)));
+        assert_eq!(
+            (v["type"].as_str(), v["cause"].as_str(), v["count"].as_u64()),
+            (Some("lost"), Some("ringbuf_full"), Some(7))
+        );
     }
 
     #[test]
     fn human_columns() {
-        let line = render(Format::Human, &Record::Event(decode(&encode(&raw_v4())).unwrap()));
-        assert!(line.starts_with("12:00:00.000000 4242    nginx            127.0.0.1:40000"), "{line}");
+        let line = render(
+            Format::Human,
+            &Record::Event(decode(&encode(&raw_v4())).unwrap()),
+        );
+        assert!(
+            line.starts_with("12:00:00.000000 4242    nginx            127.0.0.1:40000"),
+            "{line}"
+        );
         assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
         assert!(line.trim_end().ends_with("1.500"), "{line}");
     }

@@ -42,7 +42,11 @@ pub fn match_owners(
         }
         for ino in inodes {
             if let Some(port) = wanted.remove(&ino) {
-                out.push(ListenerOwner { port, pid, comm: comm.clone() });
+                out.push(ListenerOwner {
+                    port,
+                    pid,
+                    comm: comm.clone(),
+                });
             }
         }
     }
@@ -57,7 +61,9 @@ pub fn listening_owners() -> Vec<ListenerOwner> {
     if wanted.is_empty() {
         return Vec::new();
     }
-    let Ok(procs) = all_processes() else { return Vec::new() };
+    let Ok(procs) = all_processes() else {
+        return Vec::new();
+    };
     let procs = procs.filter_map(Result::ok).filter_map(|p| {
         let comm = p.stat().ok()?.comm;
         let inodes = p
@@ -90,9 +96,21 @@ mod tests {
         assert_eq!(
             match_owners(wanted, procs),
             vec![
-                ListenerOwner { port: 22, pid: 90, comm: "sshd".into() },
-                ListenerOwner { port: 80, pid: 77, comm: "nginx".into() },
-                ListenerOwner { port: 443, pid: 77, comm: "nginx".into() },
+                ListenerOwner {
+                    port: 22,
+                    pid: 90,
+                    comm: "sshd".into()
+                },
+                ListenerOwner {
+                    port: 80,
+                    pid: 77,
+                    comm: "nginx".into()
+                },
+                ListenerOwner {
+                    port: 443,
+                    pid: 77,
+                    comm: "nginx".into()
+                },
             ]
         );
     }
@@ -102,7 +120,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let owners = listening_owners();
-        let me = owners.iter().find(|o| o.port == port).expect("own listener found");
+        let me = owners
+            .iter()
+            .find(|o| o.port == port)
+            .expect("own listener found");
         assert_eq!(me.pid, std::process::id());
     }
 }

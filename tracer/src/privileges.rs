@@ -16,7 +16,10 @@ pub struct PrivilegeError {
 /// Effective capability set of this process, from /proc/self/status.
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -31,7 +34,9 @@ pub fn check_caps(caps: u64) -> Result<(), PrivilegeError> {
         .filter(|(c, _)| !has(*c))
         .map(|(_, n)| *n)
         .collect();
-    Err(PrivilegeError { missing: missing.join(", ") })
+    Err(PrivilegeError {
+        missing: missing.join(", "),
+    })
 }
 
 pub fn check() -> Result<(), PrivilegeError> {

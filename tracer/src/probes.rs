@@ -28,15 +28,25 @@ pub enum LoadError {
         "this kernel has no tracepoint {category}:{name} ({reason}); the tracer needs it to \
          follow TCP state changes (Linux 4.16 or later)"
     )]
-    RequiredTracepoint { category: &'static str, name: &'static str, reason: String },
+    RequiredTracepoint {
+        category: &'static str,
+        name: &'static str,
+        reason: String,
+    },
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
 }
 
 /// A feature that is off on this kernel, and why.
@@ -84,7 +94,15 @@ pub struct Probes {
     pub tracefs: Tracefs,
     pub attached: Vec<Tracepoint>,
     pub degraded: Vec<Degraded>,
+    /// Whether the raw-tracepoint catcher of nested transitions is attached.
+    pub catcher: bool,
+    /// Counter of transitions the kernel did not hand to our programs.
+    undelivered: Option<crate::undelivered::Undelivered>,
 }
+
+/// Raw-tracepoint programs that record what the classic ones were forced to skip.
+const CATCHER: &str = "inet_sock_set_state_nested";
+const RETRANSMIT_CATCHER: &str = "tcp_retransmit_skb_nested";
 
 fn feature_of(tp: Tracepoint) -> &'static str {
     match tp {
@@ -134,6 +152,25 @@ impl Probes {
         // Both length tracepoints or neither: one alone would learn owners only half the time.
         degraded.dedup_by_key(|d| d.feature);
 
+        // The catcher reads the socket itself, so it needs struct offsets from the kernel's BTF.
+        let sock_layout = if layouts
+            .iter()
+            .any(|(tp, _)| *tp == Tracepoint::InetSockSetState)
+        {
+            crate::btf::Btf::from_sys_fs()
+                .map_err(|e| e.to_string())
+                .and_then(|btf| crate::btf::sock_layout(&btf))
+                .map_err(|reason| {
+                    degraded.push(Degraded {
+                        feature: "recovery of transitions skipped by recursion",
+                        reason: format!("{reason}; such transitions are counted as lost"),
+                    })
+                })
+                .ok()
+        } else {
+            None
+        };
+
         let mut loader = EbpfLoader::new();
         loader
             .override_global("CONFIG", &opts.config, true)
@@ -142,6 +179,13 @@ impl Probes {
             .map_max_entries("LISTENERS", opts.max_listeners);
         for (tp, layout) in &layouts {
             loader.override_global(tp.layout_global(), layout, true);
+        }
+        if let Some(sock) = &sock_layout {
+            loader.override_global("SOCK_LAYOUT", &sock.layout, true);
+            loader.override_global("SOCK_STATE", &sock.state, true);
+            loader.override_global("SOCK_PROTOCOL", &sock.protocol, true);
+            loader.override_global("INET_SPORT", &sock.inet_sport, true);
+            loader.override_global("INET_SADDR", &sock.inet_saddr, true);
         }
         let mut ebpf = loader.load(OBJECT)?;
 
@@ -156,33 +200,104 @@ impl Probes {
                 })?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
-            prog.load().map_err(|source| LoadError::Program { name, source })?;
-            prog.attach(tp.category(), name).map_err(|source| LoadError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.attach(tp.category(), name)
+                .map_err(|source| LoadError::Program { name, source })?;
             attached.push(*tp);
         }
-        Ok(Self { ebpf, tracefs, attached, degraded })
+        let mut catcher = false;
+        if sock_layout.is_some() {
+            let catchers = attached.iter().map(|&tp| match tp {
+                Tracepoint::InetSockSetState => Some((CATCHER, tp)),
+                Tracepoint::TcpRetransmitSkb => Some((RETRANSMIT_CATCHER, tp)),
+                _ => None,
+            });
+            match catchers
+                .flatten()
+                .try_for_each(|(prog, tp)| attach_catcher(&mut ebpf, prog, tp))
+            {
+                Ok(()) => catcher = true,
+                Err(e) => degraded.push(Degraded {
+                    feature: "recovery of transitions skipped by recursion",
+                    reason: format!(
+                        "raw tracepoint unavailable ({e}); such transitions are counted as lost"
+                    ),
+                }),
+            }
+        }
+        let undelivered = if attached.contains(&Tracepoint::InetSockSetState) {
+            let tp = Tracepoint::InetSockSetState;
+            match tracefs
+                .id(tp.category(), tp.name())
+                .map(crate::undelivered::Undelivered::open)
+            {
+                Some(Ok(u)) => Some(u),
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "no tracepoint id in tracefs".to_owned(),
+                    };
+                    degraded.push(Degraded {
+                        feature: "counting transitions the kernel did not deliver",
+                        reason: format!("perf counter unavailable: {why}"),
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            ebpf,
+            tracefs,
+            attached,
+            degraded,
+            catcher,
+            undelivered,
+        })
     }
 
     /// Takes the ring buffer out, for the reader task.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map { name: "EVENTS", source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// Records the owners of listeners that predate the tracer, so their new connections are
     /// attributed from the first transition. Entries the kernel side already made win.
     /// Returns how many were added.
-    pub fn seed_listeners(&mut self, owners: &[crate::owners::ListenerOwner]) -> Result<usize, LoadError> {
+    pub fn seed_listeners(
+        &mut self,
+        owners: &[crate::owners::ListenerOwner],
+    ) -> Result<usize, LoadError> {
         const BPF_NOEXIST: u64 = 1;
-        let map = self.ebpf.map_mut("LISTENERS").ok_or(LoadError::MissingMap("LISTENERS"))?;
-        let mut map = BpfHashMap::<_, u16, ListenerOwner>::try_from(map)
-            .map_err(|source| LoadError::Map { name: "LISTENERS", source })?;
+        let map = self
+            .ebpf
+            .map_mut("LISTENERS")
+            .ok_or(LoadError::MissingMap("LISTENERS"))?;
+        let mut map = BpfHashMap::<_, u16, ListenerOwner>::try_from(map).map_err(|source| {
+            LoadError::Map {
+                name: "LISTENERS",
+                source,
+            }
+        })?;
         let mut added = 0;
         for o in owners {
             let mut comm = [0u8; COMM_LEN];
             let n = o.comm.len().min(COMM_LEN - 1);
             comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
-            let value = ListenerOwner { comm, pid: o.pid, _pad: 0 };
+            let value = ListenerOwner {
+                comm,
+                pid: o.pid,
+                _pad: 0,
+            };
             if map.insert(o.port, value, BPF_NOEXIST).is_ok() {
                 added += 1;
             }
@@ -192,14 +307,20 @@ impl Probes {
 
     /// Sums of the per-CPU counters.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], LoadError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
-        let arr = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|source| LoadError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(LoadError::MissingMap("COUNTERS"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
         let mut out = [0u64; Counter::COUNT as usize];
         for c in Counter::ALL {
-            let values = arr
-                .get(&(c as u32), 0)
-                .map_err(|source| LoadError::Map { name: "COUNTERS", source })?;
+            let values = arr.get(&(c as u32), 0).map_err(|source| LoadError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
             out[c as usize] = values.iter().sum();
         }
         Ok(out)
@@ -222,11 +343,56 @@ impl Probes {
         let c = self.counters()?;
         totals.observe(LossCause::RingbufFull, c[Counter::RingbufFull as usize]);
         totals.observe(LossCause::SockMapFull, c[Counter::SockMapFull as usize]);
-        totals.observe(LossCause::ListenerMapFull, c[Counter::ListenerMapFull as usize]);
-        let misses = self.program_stats().iter().map(|(_, s)| s.recursion_misses).sum();
-        totals.observe(LossCause::RecursionMiss, misses);
+        totals.observe(
+            LossCause::ListenerMapFull,
+            c[Counter::ListenerMapFull as usize],
+        );
+        if let Some(u) = &self.undelivered {
+            totals.observe(LossCause::KernelUndelivered, u.count());
+        }
+        totals.observe(
+            LossCause::RecursionMiss,
+            lost_to_recursion(
+                &self.program_stats(),
+                c[Counter::Nested as usize],
+                c[Counter::NestedRetransmit as usize],
+            ),
+        );
         Ok(())
     }
+}
+
+fn attach_catcher(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tp: Tracepoint,
+) -> Result<(), aya::programs::ProgramError> {
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(aya::programs::ProgramError::NotLoaded)?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(tp.name())?;
+    Ok(())
+}
+
+/// Events lost to recursion: every skipped run of an event-producing program, less the skipped
+/// transitions the catcher recorded (each of those is exactly one skipped classic run).
+/// Skipped runs of the send/recv programs lose no event, only a chance to learn an owner.
+pub fn lost_to_recursion(
+    stats: &[(Tracepoint, ProgStats)],
+    caught_states: u64,
+    caught_retransmits: u64,
+) -> u64 {
+    let misses = |tp| {
+        stats
+            .iter()
+            .filter(|(t, _)| *t == tp)
+            .map(|(_, s)| s.recursion_misses)
+            .sum::<u64>()
+    };
+    misses(Tracepoint::InetSockSetState).saturating_sub(caught_states)
+        + misses(Tracepoint::TcpRetransmitSkb).saturating_sub(caught_retransmits)
 }
 
 /// The prefix of `struct bpf_attr` used by `BPF_OBJ_GET_INFO_BY_FD`.
@@ -265,7 +431,10 @@ fn prog_stats(fd: i32) -> Option<ProgStats> {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
 fn raise_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to an rlimit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }

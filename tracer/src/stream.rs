@@ -96,7 +96,10 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     };
     let mut probes = Probes::load(&opts)?;
     if probes.tracefs.mounted_by_us {
-        eprintln!("tracer: mounted tracefs on {}", probes.tracefs.root().display());
+        eprintln!(
+            "tracer: mounted tracefs on {}",
+            probes.tracefs.root().display()
+        );
     }
     for d in &probes.degraded {
         eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
@@ -114,22 +117,47 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     let tick = (args.wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
     let reader = tokio::spawn(reader::run(ring, tx, cancel.clone(), tick));
 
-    let names: Vec<&str> = probes.attached.iter().map(|tp| tp.name()).collect();
-    eprintln!("tracer: attached {}; streaming (Ctrl-C to stop)", names.join(", "));
+    let mut names: Vec<&str> = probes.attached.iter().map(|tp| tp.name()).collect();
+    if probes.catcher {
+        names.push("raw-tracepoint catchers of skipped events");
+    }
+    eprintln!(
+        "tracer: attached {}; streaming (Ctrl-C to stop)",
+        names.join(", ")
+    );
 
-    let format = if args.json { Format::Json } else { Format::Human };
-    let mut printer = Printer::new(BufWriter::with_capacity(1 << 16, io::stdout()), format, Clock::new());
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut printer = Printer::new(
+        BufWriter::with_capacity(1 << 16, io::stdout()),
+        format,
+        Clock::new(),
+    );
     let mut summary = Summary::default();
     printer.header().map_err(StreamError::Output)?;
     let result = pump(&probes, &mut printer, &mut rx, &mut summary, &cancel).await;
     cancel.cancel();
     // The reader drains what is left after cancellation; keep consuming until it is done.
     let drained = match result {
-        Ok(()) => pump(&probes, &mut printer, &mut rx, &mut summary, &CancellationToken::new()).await,
+        Ok(()) => {
+            pump(
+                &probes,
+                &mut printer,
+                &mut rx,
+                &mut summary,
+                &CancellationToken::new(),
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     drop(rx);
-    let read = reader.await.map_err(|e| StreamError::Reader(io::Error::other(e)))?;
+    let read = reader
+        .await
+        .map_err(|e| StreamError::Reader(io::Error::other(e)))?;
     let _ = probes.observe_losses(&mut summary.losses);
     let tail = report_losses(&mut printer, &mut summary.losses).and_then(|()| printer.flush());
     eprintln!("{}", summary.line());
@@ -181,7 +209,11 @@ async fn pump<W: Write>(
 fn report_losses<W: Write>(printer: &mut Printer<W>, losses: &mut LossTotals) -> io::Result<()> {
     let now = Clock::now_mono_ns();
     for (cause, count) in losses.take_new() {
-        printer.print(&Record::Lost { ts_ns: now, cause, count })?;
+        printer.print(&Record::Lost {
+            ts_ns: now,
+            cause,
+            count,
+        })?;
     }
     Ok(())
 }

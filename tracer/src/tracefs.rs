@@ -33,21 +33,37 @@ impl Tracefs {
     /// listed in /proc/self/mounts), mounting it on [`DEFAULT_MOUNT`] when there is none.
     pub fn ensure() -> Result<Self, TracefsError> {
         if let Some(root) = Self::find() {
-            return Ok(Self { root, mounted_by_us: false });
+            return Ok(Self {
+                root,
+                mounted_by_us: false,
+            });
         }
         let path = PathBuf::from(DEFAULT_MOUNT);
-        mount_tracefs(&path).map_err(|source| TracefsError::Mount { path: path.clone(), source })?;
-        Ok(Self { root: path, mounted_by_us: true })
+        mount_tracefs(&path).map_err(|source| TracefsError::Mount {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            root: path,
+            mounted_by_us: true,
+        })
     }
 
     /// A tracefs rooted elsewhere (tests point this at fixtures).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), mounted_by_us: false }
+        Self {
+            root: root.into(),
+            mounted_by_us: false,
+        }
     }
 
     fn find() -> Option<PathBuf> {
         let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-        if let Some(p) = candidates.iter().map(PathBuf::from).find(|p| p.join("events").is_dir()) {
+        if let Some(p) = candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("events").is_dir())
+        {
             return Some(p);
         }
         let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -63,9 +79,25 @@ impl Tracefs {
         &self.root
     }
 
+    /// The numeric id of a tracepoint (for perf events).
+    pub fn id(&self, category: &str, name: &str) -> Option<u64> {
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("id");
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
     /// The format file of a tracepoint, or `None` when this kernel does not have it.
     pub fn format(&self, category: &str, name: &str) -> Result<Option<String>, TracefsError> {
-        let path = self.root.join("events").join(category).join(name).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -81,9 +113,19 @@ fn mount_tracefs(path: &Path) -> io::Result<()> {
     let source = c"nodev";
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use std::process::Command;
 use common::*;
 
 fn tracer(args: &[&str]) -> std::process::Output {
-    Command::new(TRACER).args(args).output().expect("run tracer")
+    Command::new(TRACER)
+        .args(args)
+        .output()
+        .expect("run tracer")
 }
 
 #[test]
@@ -37,7 +40,13 @@ fn without_privileges_one_clear_line() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(TRACER)
         .args(["--duration", "1"])
         .output()
@@ -45,7 +54,10 @@ fn without_privileges_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("needs root, or CAP_BPF and CAP_PERFMON"), "{stderr}");
+    assert!(
+        stderr.contains("needs root, or CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
     assert!(stderr.contains("missing: CAP_BPF, CAP_PERFMON"), "{stderr}");
 }
 
@@ -67,7 +79,10 @@ fn mounts_tracefs_when_it_is_not_mounted() {
         .expect("unshare");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("mounted tracefs on /sys/kernel/tracing"), "{stderr}");
+    assert!(
+        stderr.contains("mounted tracefs on /sys/kernel/tracing"),
+        "{stderr}"
+    );
     assert!(stderr.contains("attached inet_sock_set_state"), "{stderr}");
 }
 
@@ -82,6 +97,12 @@ fn duration_stops_with_a_summary() {
     assert!(out.status.success(), "{stderr}");
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     let summary = stderr.lines().last().unwrap();
-    assert!(summary.starts_with("tracer: 0 events (state 0, retransmit 0); lost 0 ("), "{summary}");
-    assert!(summary.contains("ringbuf_full=0 recursion_miss=0"), "{summary}");
+    assert!(
+        summary.starts_with("tracer: 0 events (state 0, retransmit 0); lost 0 ("),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("ringbuf_full=0 recursion_miss=0"),
+        "{summary}"
+    );
 }

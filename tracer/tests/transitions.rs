@@ -11,7 +11,11 @@ const CLIENTS: usize = 20;
 
 /// Runs a server and `CLIENTS` clients on `addr`, traced with `--port`; returns the run, the
 /// server pid and the client's summary.
-fn traced_exchange(addr: &str, server_extra: &[&str], client_extra: &[&str]) -> (Run, u32, u32, Value, u16) {
+fn traced_exchange(
+    addr: &str,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> (Run, u32, u32, Value, u16) {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
@@ -30,20 +34,33 @@ fn traced_exchange(addr: &str, server_extra: &[&str], client_extra: &[&str]) -> 
 }
 
 fn client_ports(summary: &Value) -> BTreeSet<u64> {
-    summary["local_ports"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect()
+    summary["local_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect()
 }
 
 /// Splits lifecycles into (listener, server children, clients) by which side has the port.
 fn split(run: &Run, port: u16) -> (Vec<Life>, Vec<Life>, Vec<Life>) {
     let port = u64::from(port);
     let all = lives(&run.events);
-    let listener = all.iter().filter(|l| l.events[0]["new_state"] == "LISTEN").cloned().collect();
+    let listener = all
+        .iter()
+        .filter(|l| l.events[0]["new_state"] == "LISTEN")
+        .cloned()
+        .collect();
     let children = all
         .iter()
         .filter(|l| l.events[0]["old_state"] == "LISTEN" && l.local_port() == port)
         .cloned()
         .collect();
-    let clients = all.iter().filter(|l| l.remote_port() == port).cloned().collect();
+    let clients = all
+        .iter()
+        .filter(|l| l.remote_port() == port)
+        .cloned()
+        .collect();
     (listener, children, clients)
 }
 
@@ -51,16 +68,26 @@ fn assert_lives(lives: &[Life], expected: &[&str], pid: u32, what: &str) {
     assert_eq!(lives.len(), CLIENTS, "{what}: {lives:#?}");
     for life in lives {
         assert_eq!(life.transitions(), expected, "{what} {}", life.sk);
-        assert!(life.pids().iter().all(|&p| p == u64::from(pid)), "{what} owners {:?} != {pid}", life.pids());
+        assert!(
+            life.pids().iter().all(|&p| p == u64::from(pid)),
+            "{what} owners {:?} != {pid}",
+            life.pids()
+        );
         for e in &life.events[1..] {
-            assert!(e["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{what}: no duration in {e}");
+            assert!(
+                e["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+                "{what}: no duration in {e}"
+            );
         }
     }
 }
 
 fn assert_listener(listener: &[Life], pid: u32, addr: &str) {
     assert_eq!(listener.len(), 1, "{listener:#?}");
-    assert_eq!(listener[0].transitions(), ["CLOSE->LISTEN", "LISTEN->CLOSE"]);
+    assert_eq!(
+        listener[0].transitions(),
+        ["CLOSE->LISTEN", "LISTEN->CLOSE"]
+    );
     assert!(listener[0].pids().iter().all(|&p| p == u64::from(pid)));
     assert_eq!(listener[0].events[0]["saddr"], addr);
 }
@@ -77,17 +104,37 @@ fn orderly_client_first(addr: &str, family: u64) {
     assert_lives(&clients, &ACTIVE_CLOSE_CLIENT, client_pid, "client");
     let ports = client_ports(&summary);
     assert_eq!(ports.len(), CLIENTS);
-    assert_eq!(clients.iter().map(Life::local_port).collect::<BTreeSet<_>>(), ports);
-    assert_eq!(children.iter().map(Life::remote_port).collect::<BTreeSet<_>>(), ports);
+    assert_eq!(
+        clients
+            .iter()
+            .map(Life::local_port)
+            .collect::<BTreeSet<_>>(),
+        ports
+    );
+    assert_eq!(
+        children
+            .iter()
+            .map(Life::remote_port)
+            .collect::<BTreeSet<_>>(),
+        ports
+    );
     for e in run.of_type("state") {
         assert_eq!(e["family"], family);
-        assert_eq!(e["daddr"], if e["new_state"] == "LISTEN" || e["old_state"] == "LISTEN" && e["new_state"] == "CLOSE" {
-            if family == 4 { "0.0.0.0" } else { "::" }
-        } else {
-            addr
-        });
+        assert_eq!(
+            e["daddr"],
+            if e["new_state"] == "LISTEN" || e["old_state"] == "LISTEN" && e["new_state"] == "CLOSE"
+            {
+                if family == 4 { "0.0.0.0" } else { "::" }
+            } else {
+                addr
+            }
+        );
     }
-    assert_eq!(run.events.len(), 2 + 10 * CLIENTS, "exactly ten transitions per connection");
+    assert_eq!(
+        run.events.len(),
+        2 + 10 * CLIENTS,
+        "exactly ten transitions per connection"
+    );
 }
 
 #[test]
@@ -119,13 +166,25 @@ fn orderly_close_from_server() {
     assert_listener(&listener, server_pid, "127.0.0.1");
     assert_lives(
         &children,
-        &["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"],
+        &[
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE",
+        ],
         server_pid,
         "server child",
     );
     assert_lives(
         &clients,
-        &["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"],
+        &[
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE",
+        ],
         client_pid,
         "client",
     );
@@ -141,8 +200,26 @@ fn reset_close_with_linger_zero() {
     run.assert_no_loss();
     let (listener, children, clients) = split(&run, port);
     assert_listener(&listener, server_pid, "127.0.0.1");
-    assert_lives(&children, &["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE"], server_pid, "server child");
-    assert_lives(&clients, &["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"], client_pid, "client");
+    assert_lives(
+        &children,
+        &[
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE",
+        ],
+        server_pid,
+        "server child",
+    );
+    assert_lives(
+        &clients,
+        &[
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE",
+        ],
+        client_pid,
+        "client",
+    );
 }
 
 #[test]
@@ -153,7 +230,18 @@ fn refused_connect() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
-    let (pid, summary) = loadgen(&[], &["refused", "--addr", "127.0.0.1", "--port", &p, "--count", "5"]);
+    let (pid, summary) = loadgen(
+        &[],
+        &[
+            "refused",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--count",
+            "5",
+        ],
+    );
     assert_eq!(summary["refused"], 5);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
@@ -175,7 +263,18 @@ fn kernel_filters_select_exact_events() {
     let port = port();
     let p = port.to_string();
     let n = CLIENTS.to_string();
-    let server = Proc::spawn(&[], &["server", "--addr", "127.0.0.1", "--port", &p, "--max-conns", &n]);
+    let server = Proc::spawn(
+        &[],
+        &[
+            "server",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--max-conns",
+            &n,
+        ],
+    );
     let server_pid = server.pid().to_string();
     // Client side only, transitions touching ESTABLISHED: two per connection.
     let by_state = Tracer::start(&["--rport", &p, "--state", "ESTABLISHED"]);
@@ -183,7 +282,20 @@ fn kernel_filters_select_exact_events() {
     let by_pid = Tracer::start(&["--pid", &server_pid, "--type", "state"]);
     // No retransmissions happen: a retransmit-only stream stays empty.
     let retrans = Tracer::start(&["--port", &p, "--type", "retransmit"]);
-    let (_, summary) = loadgen(&[], &["client", "--addr", "127.0.0.1", "--port", &p, "--count", &n, "--send", "10"]);
+    let (_, summary) = loadgen(
+        &[],
+        &[
+            "client",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--count",
+            &n,
+            "--send",
+            "10",
+        ],
+    );
     assert_eq!(summary["connected"], CLIENTS as u64);
     assert!(server.wait().success());
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -193,7 +305,10 @@ fn kernel_filters_select_exact_events() {
     assert_eq!(run.events.len(), 2 * CLIENTS, "{:#?}", run.events);
     for e in &run.events {
         assert_eq!(e["dport"], u64::from(port));
-        assert!(e["old_state"] == "ESTABLISHED" || e["new_state"] == "ESTABLISHED", "{e}");
+        assert!(
+            e["old_state"] == "ESTABLISHED" || e["new_state"] == "ESTABLISHED",
+            "{e}"
+        );
     }
     let run = by_pid.stop();
     run.assert_no_loss();
@@ -201,10 +316,23 @@ fn kernel_filters_select_exact_events() {
     // connection, including the two before the server first touches the socket (attributed
     // through the listener's owner, found in /proc at start-up).
     assert_eq!(run.events.len(), 1 + 5 * CLIENTS, "{:#?}", run.events);
-    let children = lives(&run.events).into_iter().filter(|l| l.events.len() == 5).count();
+    let children = lives(&run.events)
+        .into_iter()
+        .filter(|l| l.events.len() == 5)
+        .count();
     assert_eq!(children, CLIENTS);
-    assert_eq!(run.events.iter().filter(|e| e["old_state"] == "LISTEN" && e["new_state"] == "CLOSE").count(), 1);
-    assert!(run.events.iter().all(|e| e["pid"].as_u64().unwrap().to_string() == server_pid));
+    assert_eq!(
+        run.events
+            .iter()
+            .filter(|e| e["old_state"] == "LISTEN" && e["new_state"] == "CLOSE")
+            .count(),
+        1
+    );
+    assert!(
+        run.events
+            .iter()
+            .all(|e| e["pid"].as_u64().unwrap().to_string() == server_pid)
+    );
     let run = retrans.stop();
     run.assert_no_loss();
     assert!(run.events.is_empty(), "{:#?}", run.events);
@@ -219,7 +347,18 @@ fn retransmissions_of_one_connection() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
-    let server = Proc::spawn(&ns.exec(), &["server", "--addr", "127.0.0.1", "--port", &p, "--max-conns", "1"]);
+    let server = Proc::spawn(
+        &ns.exec(),
+        &[
+            "server",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--max-conns",
+            "1",
+        ],
+    );
     // Drop data-bearing packets to the port as they arrive (a drop on output would fail the
     // send locally, which TCP does not count as a transmission); handshake and ACKs pass.
     ns.nft(&format!(
@@ -228,7 +367,17 @@ fn retransmissions_of_one_connection() {
     ));
     let (client_pid, summary) = loadgen(
         &ns.exec(),
-        &["client", "--addr", "127.0.0.1", "--port", &p, "--count", "1", "--send", "2000"],
+        &[
+            "client",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--count",
+            "1",
+            "--send",
+            "2000",
+        ],
     );
     let client_port = summary["local_ports"][0].as_u64().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -241,16 +390,33 @@ fn retransmissions_of_one_connection() {
     assert!(rtx.len() >= 2, "expected retransmissions, got {rtx:#?}");
     for e in &rtx {
         assert_eq!(
-            (e["saddr"].as_str(), e["sport"].as_u64(), e["daddr"].as_str(), e["dport"].as_u64()),
-            (Some("127.0.0.1"), Some(client_port), Some("127.0.0.1"), Some(u64::from(port))),
+            (
+                e["saddr"].as_str(),
+                e["sport"].as_u64(),
+                e["daddr"].as_str(),
+                e["dport"].as_u64()
+            ),
+            (
+                Some("127.0.0.1"),
+                Some(client_port),
+                Some("127.0.0.1"),
+                Some(u64::from(port))
+            ),
             "{e}"
         );
         assert_eq!(e["pid"], u64::from(client_pid));
-        assert!(e["state"] == "ESTABLISHED" || e["state"] == "FIN_WAIT1", "{e}");
+        assert!(
+            e["state"] == "ESTABLISHED" || e["state"] == "FIN_WAIT1",
+            "{e}"
+        );
     }
     // The connection still completes, with exactly its ten transitions.
     let all = lives(&run.events);
-    assert_eq!(all.iter().map(|l| l.events.len()).sum::<usize>(), 12, "{all:#?}");
+    assert_eq!(
+        all.iter().map(|l| l.events.len()).sum::<usize>(),
+        12,
+        "{all:#?}"
+    );
 }
 
 #[test]
@@ -261,12 +427,31 @@ fn human_columns() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start_with(&["stream"], &["--port", &p]);
-    let (pid, _) = loadgen(&[], &["refused", "--addr", "127.0.0.1", "--port", &p, "--count", "1"]);
+    let (pid, _) = loadgen(
+        &[],
+        &[
+            "refused",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--count",
+            "1",
+        ],
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
     assert!(lines[0].starts_with("TIME(UTC)"));
-    assert!(lines[1].contains(&format!(" {pid} ")) && lines[1].contains("CLOSE -> SYN_SENT"), "{}", lines[1]);
-    assert!(lines[2].contains(&format!("127.0.0.1:{port}")) && lines[2].contains("SYN_SENT -> CLOSE"), "{}", lines[2]);
+    assert!(
+        lines[1].contains(&format!(" {pid} ")) && lines[1].contains("CLOSE -> SYN_SENT"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains(&format!("127.0.0.1:{port}")) && lines[2].contains("SYN_SENT -> CLOSE"),
+        "{}",
+        lines[2]
+    );
 }

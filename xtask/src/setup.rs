@@ -1,6 +1,10 @@
 //! Installing the toolchain pieces and packages the project needs, idempotently.
 
-use std::{fs, os::unix::fs::symlink, path::PathBuf};
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -27,11 +31,14 @@ fn home() -> PathBuf {
 }
 
 fn nightly_sysroot() -> Option<PathBuf> {
-    output("rustc", &[&format!("+{NIGHTLY}"), "--print", "sysroot"]).map(|s| PathBuf::from(s.trim()))
+    output("rustc", &[&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .map(|s| PathBuf::from(s.trim()))
 }
 
-fn has_rust_src(sysroot: &PathBuf) -> bool {
-    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
+fn has_rust_src(sysroot: &Path) -> bool {
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .is_file()
 }
 
 fn bpf_linker_works() -> bool {
@@ -39,14 +46,19 @@ fn bpf_linker_works() -> bool {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    let mut pkgs: Vec<&str> =
-        PACKAGES.iter().filter(|(bin, _)| !exists(bin) && !exists_sbin(bin)).map(|(_, p)| *p).collect();
+    let mut pkgs: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| !exists(bin) && !exists_sbin(bin))
+        .map(|(_, p)| *p)
+        .collect();
     pkgs.dedup();
     pkgs
 }
 
 fn exists_sbin(bin: &str) -> bool {
-    ["/usr/sbin", "/sbin"].iter().any(|d| PathBuf::from(d).join(bin).is_file())
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .any(|d| PathBuf::from(d).join(bin).is_file())
 }
 
 /// Fails with instructions when something `setup` installs is missing.
@@ -74,13 +86,21 @@ pub fn run() -> Result<()> {
     let sysroot = match nightly_sysroot() {
         Some(s) => s,
         None => {
-            cmd::run("rustup", &["toolchain", "install", NIGHTLY, "--profile", "minimal"], &[])
-                .context("the eBPF crate needs a nightly toolchain")?;
+            cmd::run(
+                "rustup",
+                &["toolchain", "install", NIGHTLY, "--profile", "minimal"],
+                &[],
+            )
+            .context("the eBPF crate needs a nightly toolchain")?;
             nightly_sysroot().context("nightly installed but `rustc +nightly` does not run")?
         }
     };
     if !has_rust_src(&sysroot) {
-        cmd::run("rustup", &["component", "add", "rust-src", "--toolchain", NIGHTLY], &[])?;
+        cmd::run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", NIGHTLY],
+            &[],
+        )?;
     }
     if !bpf_linker_works() {
         install_bpf_linker(&sysroot)?;
@@ -88,7 +108,10 @@ pub fn run() -> Result<()> {
     let pkgs = missing_packages();
     if !pkgs.is_empty() {
         if !exists("apt-get") {
-            bail!("missing commands from Debian packages {}; install them", pkgs.join(" "));
+            bail!(
+                "missing commands from Debian packages {}; install them",
+                pkgs.join(" ")
+            );
         }
         cmd::run("apt-get", &["update", "-q"], &[])?;
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
@@ -103,7 +126,7 @@ pub fn run() -> Result<()> {
 /// bpf-linker must link against the LLVM that produced the bitcode: the nightly toolchain's own
 /// libLLVM. Its `libLLVM-*.so` is a linker script naming a sibling file, so both go into a
 /// prefix that outlives the build (its path is baked into bpf-linker's rpath).
-fn install_bpf_linker(sysroot: &PathBuf) -> Result<()> {
+fn install_bpf_linker(sysroot: &Path) -> Result<()> {
     let lib = sysroot.join("lib");
     let mut script = None;
     let mut real = None;
@@ -116,7 +139,10 @@ fn install_bpf_linker(sysroot: &PathBuf) -> Result<()> {
         }
     }
     let (Some(script), Some(real)) = (script, real) else {
-        bail!("no libLLVM in {}: cannot build bpf-linker against the toolchain", lib.display());
+        bail!(
+            "no libLLVM in {}: cannot build bpf-linker against the toolchain",
+            lib.display()
+        );
     };
     let major = script
         .trim_start_matches("libLLVM-")
@@ -137,7 +163,15 @@ fn install_bpf_linker(sysroot: &PathBuf) -> Result<()> {
     let prefix = prefix.to_string_lossy().into_owned();
     cmd::run(
         "cargo",
-        &["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", &feature],
+        &[
+            "install",
+            "bpf-linker",
+            "--version",
+            "^0.13",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ],
         &[("LLVM_PREFIX", &prefix)],
     )
     .with_context(|| format!("building bpf-linker against {prefix} (LLVM {major})"))

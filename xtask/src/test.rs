@@ -40,7 +40,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !args.no_lint {
         lint()?;
     }
-    let mut test = vec!["test", "--release", "--workspace", "--exclude", "tracer-ebpf"];
+    let mut test = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+    ];
     if !args.cargo_args.is_empty() {
         test.push("--");
         test.extend(args.cargo_args.iter().map(String::as_str));
@@ -61,8 +67,12 @@ pub fn lint() -> Result<()> {
         "warnings",
     ])?;
     // The kernel crate only builds for the BPF target, with nightly and build-std.
-    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"]
-        .join("\x1f");
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
     cmd::run(
         "rustup",
         &[

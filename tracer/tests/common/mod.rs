@@ -74,11 +74,8 @@ impl Tracer {
     }
 
     pub fn start_with(base: &[&str], args: &[&str]) -> Self {
-        let out = std::env::temp_dir().join(format!(
-            "tracer-test-{}-{}.out",
-            std::process::id(),
-            port()
-        ));
+        let out =
+            std::env::temp_dir().join(format!("tracer-test-{}-{}.out", std::process::id(), port()));
         let file = std::fs::File::create(&out).unwrap();
         let mut child = Command::new(TRACER)
             .args(base)
@@ -114,7 +111,12 @@ impl Tracer {
                 }
             }
         }
-        Self { child, out, stderr: rx, started }
+        Self {
+            child,
+            out,
+            stderr: rx,
+            started,
+        }
     }
 
     /// SIGINT, then collect everything it printed.
@@ -134,7 +136,12 @@ impl Tracer {
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
             .collect();
-        Run { events, stdout, stderr, status }
+        Run {
+            events,
+            stdout,
+            stderr,
+            status,
+        }
     }
 }
 
@@ -170,8 +177,16 @@ impl Run {
 
     /// Asserts the stop summary reports no lost events at all.
     pub fn assert_no_loss(&self) {
-        assert!(self.lost_records().is_empty(), "lost records: {:?}", self.lost_records());
-        let summary = self.stderr.lines().find(|l| l.contains(" events (")).expect("summary line");
+        assert!(
+            self.lost_records().is_empty(),
+            "lost records: {:?}",
+            self.lost_records()
+        );
+        let summary = self
+            .stderr
+            .lines()
+            .find(|l| l.contains(" events ("))
+            .expect("summary line");
         assert!(summary.contains("; lost 0 ("), "{summary}");
     }
 }
@@ -193,17 +208,27 @@ impl Proc {
             }
             None => Command::new(LOADGEN),
         };
-        let mut child = cmd.args(args).stdout(Stdio::piped()).spawn().expect("spawn loadgen");
+        let mut child = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn loadgen");
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut ready = String::new();
         out.read_line(&mut ready).unwrap();
-        assert!(ready.starts_with("READY"), "loadgen {args:?} said {ready:?}");
+        assert!(
+            ready.starts_with("READY"),
+            "loadgen {args:?} said {ready:?}"
+        );
         // Keep draining so the process never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = out.read_to_end(&mut sink);
         });
-        Self { child, ready: ready.trim().to_owned() }
+        Self {
+            child,
+            ready: ready.trim().to_owned(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -233,13 +258,20 @@ pub fn loadgen(prefix: &[&str], args: &[&str]) -> (u32, Value) {
         }
         None => Command::new(LOADGEN),
     };
-    let child = cmd.args(args).stdout(Stdio::piped()).spawn().expect("spawn loadgen");
+    let child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "loadgen {args:?}: {}", out.status);
     let text = String::from_utf8(out.stdout).unwrap();
     let last = text.lines().last().unwrap_or_default();
-    (pid, serde_json::from_str(last).unwrap_or_else(|e| panic!("loadgen said {text:?}: {e}")))
+    (
+        pid,
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("loadgen said {text:?}: {e}")),
+    )
 }
 
 /// One socket's life: the transitions from its start (out of CLOSE, or a listener's child) to
@@ -254,12 +286,21 @@ impl Life {
     pub fn transitions(&self) -> Vec<String> {
         self.events
             .iter()
-            .map(|e| format!("{}->{}", e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}->{}",
+                    e["old_state"].as_str().unwrap(),
+                    e["new_state"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
     pub fn pids(&self) -> Vec<u64> {
-        self.events.iter().map(|e| e["pid"].as_u64().unwrap_or(0)).collect()
+        self.events
+            .iter()
+            .map(|e| e["pid"].as_u64().unwrap_or(0))
+            .collect()
     }
 
     /// The last event's ports: the first event of an active open has no local port yet.
@@ -273,7 +314,10 @@ impl Life {
 }
 
 pub fn starts_life(e: &Value) -> bool {
-    let (old, new) = (e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap());
+    let (old, new) = (
+        e["old_state"].as_str().unwrap(),
+        e["new_state"].as_str().unwrap(),
+    );
     old == "CLOSE" || (old == "LISTEN" && new == "SYN_RECV")
 }
 
@@ -281,7 +325,10 @@ pub fn starts_life(e: &Value) -> bool {
 pub fn lives(events: &[Value]) -> Vec<Life> {
     let mut by_sk: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for e in events.iter().filter(|e| e["type"] == "state") {
-        by_sk.entry(e["sk"].as_str().unwrap().to_owned()).or_default().push(e.clone());
+        by_sk
+            .entry(e["sk"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e.clone());
     }
     let mut out = Vec::new();
     for (sk, evs) in by_sk {
@@ -290,7 +337,12 @@ pub fn lives(events: &[Value]) -> Vec<Life> {
             if starts_life(&e) {
                 out.extend(cur.take());
             }
-            cur.get_or_insert_with(|| Life { sk: sk.clone(), events: Vec::new() }).events.push(e);
+            cur.get_or_insert_with(|| Life {
+                sk: sk.clone(),
+                events: Vec::new(),
+            })
+            .events
+            .push(e);
         }
         out.extend(cur);
     }
@@ -338,18 +390,28 @@ impl Netns {
             .spawn()
             .expect("nft");
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success(), "nft rejected {ruleset}");
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 pub fn sh(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
     assert!(status.success(), "{args:?}: {status}");
 }

@@ -6,7 +6,7 @@ mod report;
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -82,22 +82,35 @@ pub struct Sample {
 }
 
 fn bin(name: &str) -> String {
-    root().join("target/release").join(name).to_string_lossy().into_owned()
+    root()
+        .join("target/release")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn churn(secs: u64, port: u16) -> Result<Value> {
     let out = cmd::output(
         &bin("tracer-loadgen"),
         &[
-            "churn", "--addr", "127.0.0.1", "--port", &port.to_string(), "--threads", "2",
-            "--duration-secs", &secs.to_string(), "--dst-spread", "16",
+            "churn",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "2",
+            "--duration-secs",
+            &secs.to_string(),
+            "--dst-spread",
+            "16",
         ],
     )
     .context("tracer-loadgen churn failed")?;
     serde_json::from_str(out.lines().last().unwrap_or_default()).context("churn output")
 }
 
-fn measure(config: Config, secs: u64, port: u16, scratch: &PathBuf) -> Result<Sample> {
+fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sample> {
     let p = port.to_string();
     let tracer = bin("tracer");
     let file = scratch.join("stream.jsonl");
@@ -109,7 +122,11 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &PathBuf) -> Result<Sa
             &["--json", "--port", &p, "--wakeup", "batched"],
             None,
         )?),
-        Config::StreamJsonFile => Some(Traced::ours(&tracer, &["--json", "--port", &p], Some(&file))?),
+        Config::StreamJsonFile => Some(Traced::ours(
+            &tracer,
+            &["--json", "--port", &p],
+            Some(&file),
+        )?),
         Config::Tcpstates => Some(Traced::peer("tcpstates", &[])?),
         Config::Tcplife => Some(Traced::peer("tcplife", &[])?),
     };
@@ -157,26 +174,47 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for round in 0..args.rounds {
         for &config in &configs {
             port += 1;
-            eprintln!("xtask bench: round {}/{}: {}", round + 1, args.rounds, config.name());
+            eprintln!(
+                "xtask bench: round {}/{}: {}",
+                round + 1,
+                args.rounds,
+                config.name()
+            );
             let s = measure(config, args.secs, port, &scratch)
                 .with_context(|| format!("measuring {}", config.name()))?;
-            eprintln!("  {:.0} conn/s, kernel {:?} ns/event, lost {:?}", s.rate, s.ns_per_event, s.lost);
+            eprintln!(
+                "  {:.0} conn/s, kernel {:?} ns/event, lost {:?}",
+                s.rate, s.ns_per_event, s.lost
+            );
             samples.entry(config).or_default().push(s);
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let latency = [("adaptive", &["--wakeup", "adaptive"][..]), ("batched", &["--wakeup", "batched"])]
-        .iter()
-        .map(|(name, flags)| Ok((*name, procs::delivery_latency(&bin("tracer"), flags, 20)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let latency = [
+        ("adaptive", &["--wakeup", "adaptive"][..]),
+        ("batched", &["--wakeup", "batched"]),
+    ]
+    .iter()
+    .map(|(name, flags)| Ok((*name, procs::delivery_latency(&bin("tracer"), flags, 20)?)))
+    .collect::<Result<Vec<_>>>()?;
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let report = report::Report { args, samples: &samples, latency: &latency, elapsed: started.elapsed() };
+    let report = report::Report {
+        args,
+        samples: &samples,
+        latency: &latency,
+        elapsed: started.elapsed(),
+    };
     let md = report.markdown();
     std::fs::write(root().join(&args.out), &md)?;
     let json_path = root().join(args.out.with_extension("json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report.json())?)?;
     println!("{md}");
-    eprintln!("xtask bench: wrote {} and {} in {:.0?}", args.out.display(), json_path.display(), started.elapsed());
+    eprintln!(
+        "xtask bench: wrote {} and {} in {:.0?}",
+        args.out.display(),
+        json_path.display(),
+        started.elapsed()
+    );
     Ok(())
 }

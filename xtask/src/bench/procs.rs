@@ -21,7 +21,8 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {
-        let previous = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled (root?)")?;
+        let previous =
+            std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled (root?)")?;
         std::fs::write(BPF_STATS, "1").context("enabling bpf_stats_enabled (root?)")?;
         Ok(Self { previous })
     }
@@ -57,8 +58,12 @@ impl Traced {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::null(),
         };
-        let mut child =
-            Command::new(tracer).arg("stream").args(args).stdout(stdout).stderr(Stdio::piped()).spawn()?;
+        let mut child = Command::new(tracer)
+            .arg("stream")
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()?;
         let stderr = stderr_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -72,7 +77,11 @@ impl Traced {
                 bail!("tracer: {line}");
             }
         }
-        Ok(Self { child, ours: true, stderr })
+        Ok(Self {
+            child,
+            ours: true,
+            stderr,
+        })
     }
 
     pub fn peer(program: &str, args: &[&str]) -> Result<Self> {
@@ -88,7 +97,11 @@ impl Traced {
         if let Some(status) = child.try_wait()? {
             bail!("{program} exited at start: {status}");
         }
-        Ok(Self { child, ours: false, stderr })
+        Ok(Self {
+            child,
+            ours: false,
+            stderr,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -109,7 +122,11 @@ impl Traced {
         }
         let mut lost = 0.0;
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(300)) {
-            lost += if self.ours { ours_lost(&line) } else { peer_lost(&line) };
+            lost += if self.ours {
+                ours_lost(&line)
+            } else {
+                peer_lost(&line)
+            };
         }
         Ok(lost)
     }
@@ -138,11 +155,14 @@ struct ProgTotals {
 
 /// Totals of the programs owned by `pid` that handle `inet_sock_set_state`.
 fn state_prog_totals(pid: u32) -> Result<ProgTotals> {
-    let out = crate::cmd::output("bpftool", &["prog", "show", "--json"]).context("bpftool prog show")?;
+    let out =
+        crate::cmd::output("bpftool", &["prog", "show", "--json"]).context("bpftool prog show")?;
     let progs: Value = serde_json::from_str(&out)?;
     let mut t = ProgTotals::default();
     for p in progs.as_array().into_iter().flatten() {
-        let owned = p["pids"].as_array().is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid));
+        let owned = p["pids"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid));
         let name = p["name"].as_str().unwrap_or_default();
         if owned && (name.contains("set_s") || name.contains("inet_sock")) {
             t.run_time_ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
@@ -158,7 +178,12 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat, i.e. 12 and 13 after the comm.
-    let ticks: f64 = fields.get(11..13).into_iter().flatten().filter_map(|f| f.parse::<f64>().ok()).sum();
+    let ticks: f64 = fields
+        .get(11..13)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
@@ -188,7 +213,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn start(t: &Traced) -> Result<Self> {
-        Ok(Self { progs: state_prog_totals(t.pid())?, cpu_s: cpu_seconds(t.pid())? })
+        Ok(Self {
+            progs: state_prog_totals(t.pid())?,
+            cpu_s: cpu_seconds(t.pid())?,
+        })
     }
 
     pub fn finish(self, t: &Traced) -> Result<Usage> {
@@ -215,7 +243,11 @@ pub fn delivery_latency(tracer: &str, flags: &[&str], samples: usize) -> Result<
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = stderr_lines(&mut child);
-    while !stderr.recv_timeout(Duration::from_secs(30)).context("tracer did not start")?.contains("streaming") {}
+    while !stderr
+        .recv_timeout(Duration::from_secs(30))
+        .context("tracer did not start")?
+        .contains("streaming")
+    {}
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {
@@ -229,7 +261,9 @@ pub fn delivery_latency(tracer: &str, flags: &[&str], samples: usize) -> Result<
         while rx.try_recv().is_ok() {}
         let t0 = Instant::now();
         let _ = TcpStream::connect(("127.0.0.1", port));
-        let (at, _) = rx.recv_timeout(Duration::from_secs(5)).context("event never delivered")?;
+        let (at, _) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("event never delivered")?;
         lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
     }
     // SAFETY: kill(2) on our own child.
@@ -245,7 +279,10 @@ mod tests {
 
     #[test]
     fn parses_loss_reports() {
-        assert_eq!(ours_lost("tracer: 10 events (state 10, retransmit 0); lost 3 (ringbuf_full=3 ...)"), 3.0);
+        assert_eq!(
+            ours_lost("tracer: 10 events (state 10, retransmit 0); lost 3 (ringbuf_full=3 ...)"),
+            3.0
+        );
         assert_eq!(ours_lost("tracer: attached x"), 0.0);
         assert_eq!(peer_lost("lost 459 events on CPU #1"), 459.0);
         assert_eq!(peer_lost("something else"), 0.0);

@@ -33,24 +33,46 @@ fn cell(s: Option<(f64, f64, f64)>, digits: usize) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = crate::cmd::output("uname", &["-r"]).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{cores} cores ({cpu}), {mem:.0} GiB, Linux {}", kernel.trim())
+    format!(
+        "{cores} cores ({cpu}), {mem:.0} GiB, Linux {}",
+        kernel.trim()
+    )
 }
 
 fn today() -> String {
-    crate::cmd::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_owned()
+    crate::cmd::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 impl Report<'_> {
     fn baseline(&self) -> Option<f64> {
-        stats(self.samples.get(&Config::Baseline)?.iter().map(|s| Some(s.rate))).map(|s| s.0)
+        stats(
+            self.samples
+                .get(&Config::Baseline)?
+                .iter()
+                .map(|s| Some(s.rate)),
+        )
+        .map(|s| s.0)
     }
 
     pub fn markdown(&self) -> String {
@@ -75,7 +97,11 @@ impl Report<'_> {
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
                 config.name(),
                 cell(rate, 0),
-                if *config == Config::Baseline { "100%".into() } else { format!("{}%", cell(ratio, 1)) },
+                if *config == Config::Baseline {
+                    "100%".into()
+                } else {
+                    format!("{}%", cell(ratio, 1))
+                },
                 cell(stats(samples.iter().map(|s| s.ns_per_event)), 0),
                 cell(stats(samples.iter().map(|s| s.lost)), 0),
                 cell(stats(samples.iter().map(|s| s.cpu_s_per_mevent)), 2),
@@ -88,9 +114,17 @@ impl Report<'_> {
                 continue;
             }
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-            md.push_str(&format!("| {name} | {:.2} | {:.2} | {:.2} |\n", p(0.5), p(0.9), p(1.0)));
+            md.push_str(&format!(
+                "| {name} | {:.2} | {:.2} | {:.2} |\n",
+                p(0.5),
+                p(0.9),
+                p(1.0)
+            ));
         }
-        md.push_str(&format!("\nTotal bench time: {:.0} s.\n", self.elapsed.as_secs_f64()));
+        md.push_str(&format!(
+            "\nTotal bench time: {:.0} s.\n",
+            self.elapsed.as_secs_f64()
+        ));
         md
     }
 
@@ -112,11 +146,17 @@ impl Report<'_> {
                         })
                     })
                     .collect();
-                (c.key().to_owned(), json!({ "name": c.name(), "runs": rows }))
+                (
+                    c.key().to_owned(),
+                    json!({ "name": c.name(), "runs": rows }),
+                )
             })
             .collect();
-        let latency: serde_json::Map<String, Value> =
-            self.latency.iter().map(|(n, l)| ((*n).to_owned(), json!(l))).collect();
+        let latency: serde_json::Map<String, Value> = self
+            .latency
+            .iter()
+            .map(|(n, l)| ((*n).to_owned(), json!(l)))
+            .collect();
         json!({
             "date": today(), "machine": machine(), "rounds": self.args.rounds,
             "churn_secs": self.args.secs, "configurations": configs,
