@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build => {
             setup::check()?;
-            cmd::cargo(&["build", "--release", "--workspace"])
+            cmd::cargo(&["build", "--release"])
         }
         Task::Test(args) => test::run(&args),
         Task::Lint => {

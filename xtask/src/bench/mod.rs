@@ -38,7 +38,7 @@ pub struct BenchArgs {
 pub enum Config {
     Baseline,
     StreamJsonNull,
-    StreamJsonNullBatched,
+    StreamJsonNullAdaptive,
     StreamJsonFile,
     Tcpstates,
     Tcplife,
@@ -48,8 +48,8 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Self::Baseline => "untraced (baseline)",
-            Self::StreamJsonNull => "tracer stream --json > /dev/null",
-            Self::StreamJsonNullBatched => "tracer stream --json --wakeup batched > /dev/null",
+            Self::StreamJsonNull => "tracer stream --json > /dev/null (batched wakeup, default)",
+            Self::StreamJsonNullAdaptive => "tracer stream --json --wakeup adaptive > /dev/null",
             Self::StreamJsonFile => "tracer stream --json > file",
             Self::Tcpstates => "libbpf-tools tcpstates > /dev/null",
             Self::Tcplife => "libbpf-tools tcplife > /dev/null",
@@ -60,7 +60,7 @@ impl Config {
         match self {
             Self::Baseline => "baseline",
             Self::StreamJsonNull => "stream_json_null",
-            Self::StreamJsonNullBatched => "stream_json_null_batched",
+            Self::StreamJsonNullAdaptive => "stream_json_null_adaptive",
             Self::StreamJsonFile => "stream_json_file",
             Self::Tcpstates => "tcpstates",
             Self::Tcplife => "tcplife",
@@ -117,9 +117,9 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
     let traced = match config {
         Config::Baseline => None,
         Config::StreamJsonNull => Some(Traced::ours(&tracer, &["--json", "--port", &p], None)?),
-        Config::StreamJsonNullBatched => Some(Traced::ours(
+        Config::StreamJsonNullAdaptive => Some(Traced::ours(
             &tracer,
-            &["--json", "--port", &p, "--wakeup", "batched"],
+            &["--json", "--port", &p, "--wakeup", "adaptive"],
             None,
         )?),
         Config::StreamJsonFile => Some(Traced::ours(
@@ -154,7 +154,7 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     setup::check()?;
-    cmd::cargo(&["build", "--release", "--workspace"])?;
+    cmd::cargo(&["build", "--release"])?;
     let started = Instant::now();
     let _stats = procs::BpfStats::enable()?;
     let scratch = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
@@ -163,7 +163,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut configs = vec![
         Config::Baseline,
         Config::StreamJsonNull,
-        Config::StreamJsonNullBatched,
+        Config::StreamJsonNullAdaptive,
         Config::StreamJsonFile,
     ];
     if !args.no_peers {

@@ -39,6 +39,24 @@ pub struct Traced {
     child: Child,
     ours: bool,
     stderr: mpsc::Receiver<String>,
+    /// Ids of the BPF programs it loaded (those that appeared after it started).
+    progs: Vec<u64>,
+}
+
+fn prog_list() -> Result<Vec<Value>> {
+    let out =
+        crate::cmd::output("bpftool", &["prog", "show", "--json"]).context("bpftool prog show")?;
+    Ok(serde_json::from_str::<Value>(&out)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn prog_ids() -> Result<Vec<u64>> {
+    Ok(prog_list()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
 }
 
 fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
@@ -54,6 +72,7 @@ fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
 
 impl Traced {
     pub fn ours(tracer: &str, args: &[&str], out: Option<&Path>) -> Result<Self> {
+        let before = prog_ids()?;
         let stdout = match out {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::null(),
@@ -77,14 +96,20 @@ impl Traced {
                 bail!("tracer: {line}");
             }
         }
+        let progs = prog_ids()?
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            .collect();
         Ok(Self {
             child,
             ours: true,
             stderr,
+            progs,
         })
     }
 
     pub fn peer(program: &str, args: &[&str]) -> Result<Self> {
+        let before = prog_ids()?;
         let mut child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
@@ -97,10 +122,15 @@ impl Traced {
         if let Some(status) = child.try_wait()? {
             bail!("{program} exited at start: {status}");
         }
+        let progs = prog_ids()?
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            .collect();
         Ok(Self {
             child,
             ours: false,
             stderr,
+            progs,
         })
     }
 
@@ -153,20 +183,17 @@ struct ProgTotals {
     recursion_misses: f64,
 }
 
-/// Totals of the programs owned by `pid` that handle `inet_sock_set_state`.
-fn state_prog_totals(pid: u32) -> Result<ProgTotals> {
-    let out =
-        crate::cmd::output("bpftool", &["prog", "show", "--json"]).context("bpftool prog show")?;
-    let progs: Value = serde_json::from_str(&out)?;
+/// Totals of `ids`' programs that handle `inet_sock_set_state`. Several programs on the same
+/// tracepoint (ours: the classic one and its raw-tracepoint catcher) each run once per event:
+/// their run times add up, the event count is the largest run count.
+fn state_prog_totals(ids: &[u64]) -> Result<ProgTotals> {
     let mut t = ProgTotals::default();
-    for p in progs.as_array().into_iter().flatten() {
-        let owned = p["pids"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid));
+    for p in prog_list()? {
+        let mine = p["id"].as_u64().is_some_and(|id| ids.contains(&id));
         let name = p["name"].as_str().unwrap_or_default();
-        if owned && (name.contains("set_s") || name.contains("inet_sock")) {
+        if mine && (name.contains("set_s") || name.contains("inet_sock")) {
             t.run_time_ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
-            t.run_cnt += p["run_cnt"].as_f64().unwrap_or(0.0);
+            t.run_cnt = t.run_cnt.max(p["run_cnt"].as_f64().unwrap_or(0.0));
             t.recursion_misses += p["recursion_misses"].as_f64().unwrap_or(0.0);
         }
     }
@@ -214,13 +241,13 @@ pub struct Sampler {
 impl Sampler {
     pub fn start(t: &Traced) -> Result<Self> {
         Ok(Self {
-            progs: state_prog_totals(t.pid())?,
+            progs: state_prog_totals(&t.progs)?,
             cpu_s: cpu_seconds(t.pid())?,
         })
     }
 
     pub fn finish(self, t: &Traced) -> Result<Usage> {
-        let now = state_prog_totals(t.pid())?;
+        let now = state_prog_totals(&t.progs)?;
         let runs = now.run_cnt - self.progs.run_cnt;
         Ok(Usage {
             ns_per_event: (runs > 0.0).then(|| (now.run_time_ns - self.progs.run_time_ns) / runs),
