@@ -206,7 +206,7 @@ fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
     ev.family = family;
     fill_addrs(rec, l, family, &mut ev);
 
-    track_owner(&mut ev, now, true);
+    track_owner(&mut ev, now);
     emit(&ev, rec)
 }
 
@@ -226,15 +226,16 @@ fn try_set_state_nested(ctx: &RawTracePointContext, rec: &mut Slot) -> Result<()
     ev.ts_ns = now;
     ev.old_state = ctx.arg::<i32>(1) as u8;
     ev.new_state = ctx.arg::<i32>(2) as u8;
-    // Skipped means nested in softirq: the current task is whoever was interrupted.
-    track_owner(&mut ev, now, false);
+    // The owner-context transitions only ever run in the owner's process, also when the classic
+    // program was skipped there (a preempted task holding the per-CPU guard in a map syscall).
+    track_owner(&mut ev, now);
     emit(&ev, rec)
 }
 
 /// Resolves the owner and the time spent in the old state, and keeps the socket and listener
 /// maps up to date. Runs for every transition, filtered or not, so the maps stay right.
 #[inline(always)]
-fn track_owner(ev: &mut RawEvent, now: u64, process_context_possible: bool) {
+fn track_owner(ev: &mut RawEvent, now: u64) {
     let (old, new, sk) = (ev.old_state, ev.new_state, ev.sk);
     // A transition out of CLOSE, or a listener's new child, starts a new connection at an
     // address that may have been used before: nothing recorded for it applies.
@@ -245,7 +246,7 @@ fn track_owner(ev: &mut RawEvent, now: u64, process_context_possible: bool) {
         SOCKS.get_ptr_mut(sk)
     };
 
-    let (pid, comm, src) = if process_context_possible && in_owner_context(old, new) {
+    let (pid, comm, src) = if in_owner_context(old, new) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // The comm helper is the costly part: reuse the recorded one when the owner is unchanged.
         let known = entry

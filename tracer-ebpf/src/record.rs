@@ -8,6 +8,9 @@ use tracer_common::{FieldLoc, TpLayout, layout::MAX_RECORD};
 /// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
 /// run the kernel skipped are reclaimed oldest first.
 pub const MARKS: usize = 8;
+/// Marks older than this many later marks are stale (their catcher run was skipped): a pending
+/// mark is consumed within one softirq burst.
+const MARK_TTL: u64 = 1024;
 
 #[repr(C, align(8))]
 pub struct Slot {
@@ -46,37 +49,41 @@ pub fn slot(which: u32) -> Option<&'static mut Slot> {
 }
 
 impl Slot {
-    /// Records that the classic program handled a transition: in a free entry, else over the
-    /// oldest one.
+    /// Records that the classic program handled a transition. Takes a free or expired entry;
+    /// when none is left, the newest one. Marks pending for the catcher are older than marks
+    /// left by nested transitions whose catcher run the kernel skipped, so they survive a
+    /// long softirq burst.
     #[inline(always)]
     pub fn mark(&mut self, mark: u64) {
+        let now = self.next_seq;
         let mut victim = 0;
-        let mut oldest = u64::MAX;
+        let mut best = 0u64;
         let mut i = 0;
         while i < MARKS {
-            let age = if self.marks[i] == 0 {
-                0
+            let score = if self.marks[i] == 0 || now.wrapping_sub(self.seqs[i]) > MARK_TTL {
+                u64::MAX
             } else {
-                self.seqs[i].wrapping_add(1)
+                self.seqs[i]
             };
-            if age < oldest {
-                oldest = age;
+            if score >= best {
+                best = score;
                 victim = i;
             }
             i += 1;
         }
         self.marks[victim] = mark;
-        self.seqs[victim] = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
+        self.seqs[victim] = now;
+        self.next_seq = now.wrapping_add(1);
     }
 
     /// Whether the classic program handled this transition; consumes the mark.
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
+        let now = self.next_seq;
         let mut found = false;
         let mut i = 0;
         while i < MARKS {
-            if self.marks[i] == mark {
+            if self.marks[i] == mark && now.wrapping_sub(self.seqs[i]) <= MARK_TTL {
                 self.marks[i] = 0;
                 found = true;
             }
