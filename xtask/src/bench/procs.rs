@@ -52,6 +52,14 @@ fn prog_list() -> Result<Vec<Value>> {
         .unwrap_or_default())
 }
 
+/// Programs loaded since `before` was taken: those of the process started in between.
+fn new_progs(before: &[u64]) -> Result<Vec<u64>> {
+    Ok(prog_ids()?
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect())
+}
+
 fn prog_ids() -> Result<Vec<u64>> {
     Ok(prog_list()?
         .iter()
@@ -96,10 +104,7 @@ impl Traced {
                 bail!("tracer: {line}");
             }
         }
-        let progs = prog_ids()?
-            .into_iter()
-            .filter(|id| !before.contains(id))
-            .collect();
+        let progs = new_progs(&before)?;
         Ok(Self {
             child,
             ours: true,
@@ -122,10 +127,7 @@ impl Traced {
         if let Some(status) = child.try_wait()? {
             bail!("{program} exited at start: {status}");
         }
-        let progs = prog_ids()?
-            .into_iter()
-            .filter(|id| !before.contains(id))
-            .collect();
+        let progs = new_progs(&before)?;
         Ok(Self {
             child,
             ours: false,
