@@ -71,7 +71,7 @@ pub struct FilterArgs {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
     /// Only transitions into or out of these states (netstat or ss names, comma separated or
-    /// repeated), e.g. `--state CLOSE_WAIT,TIME-WAIT`.
+    /// repeated), e.g. `--state CLOSE_WAIT,LAST-ACK`.
     #[arg(long, value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<u8>,
     /// Only these event types (comma separated or repeated).

@@ -149,7 +149,7 @@ impl Probes {
                 }),
             }
         }
-        // Both length tracepoints or neither: one alone would learn owners only half the time.
+        // One line per feature, even when both send and recv tracepoints are missing.
         degraded.dedup_by_key(|d| d.feature);
 
         // The catcher reads the socket itself, so it needs struct offsets from the kernel's BTF.
