@@ -107,12 +107,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// program's marks, and this program records it. Otherwise it returns at once.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let mark = mark_of(sk, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8);
-    if slot(CLASSIC).is_some_and(|c| !c.take_mark(mark))
+    let (sk, old, new): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let (old, new) = (old as u8, new as u8);
+    if slot(CLASSIC).is_some_and(|c| !c.take_mark(mark_of(sk, old, new)))
         && let Some(s) = slot(NESTED)
     {
-        let _ = try_set_state_nested(&ctx, s);
+        let _ = try_set_state_nested(sk, old, new, s);
     }
     0
 }
@@ -211,9 +211,8 @@ fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
 }
 
 /// A transition the classic program did not handle, read from the socket itself.
-fn try_set_state_nested(ctx: &RawTracePointContext, rec: &mut Slot) -> Result<(), i64> {
+fn try_set_state_nested(sk: u64, old: u8, new: u8, rec: &mut Slot) -> Result<(), i64> {
     count(Counter::Nested);
-    let sk: u64 = ctx.arg(0);
     if sk == 0 || sock_read::<u16>(sk, &SOCK_PROTOCOL)? != IPPROTO_TCP {
         return Ok(());
     }
@@ -224,8 +223,8 @@ fn try_set_state_nested(ctx: &RawTracePointContext, rec: &mut Slot) -> Result<()
     }
     ev.kind = EventKind::State as u8;
     ev.ts_ns = now;
-    ev.old_state = ctx.arg::<i32>(1) as u8;
-    ev.new_state = ctx.arg::<i32>(2) as u8;
+    ev.old_state = old;
+    ev.new_state = new;
     // The owner-context transitions only ever run in the owner's process, also when the classic
     // program was skipped there (a preempted task holding the per-CPU guard in a map syscall).
     track_owner(&mut ev, now);
@@ -343,12 +342,19 @@ fn try_retransmit(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
     ev.family = family;
     ev.err = rec.uint(&l.err) as u32 as i32;
     fill_addrs(rec, l, family, &mut ev);
+    owner_from_map(&mut ev);
+    emit(&ev, rec)
+}
+
+/// Fills the owner recorded for the event's socket, if any: retransmissions change no state, so
+/// they only read the socket map.
+#[inline(always)]
+fn owner_from_map(ev: &mut RawEvent) {
     if let Some(e) = unsafe { SOCKS.get(ev.sk) } {
         ev.pid = e.pid;
         ev.comm = e.comm;
         ev.owner_src = e.owner_src;
     }
-    emit(&ev, rec)
 }
 
 /// A retransmission the classic program did not handle, read from the socket itself.
@@ -366,11 +372,7 @@ fn try_retransmit_nested(sk: u64, rec: &mut Slot) -> Result<(), i64> {
     let st = rec.uint(&SOCK_STATE) as u8;
     ev.old_state = st;
     ev.new_state = st;
-    if let Some(e) = unsafe { SOCKS.get(ev.sk) } {
-        ev.pid = e.pid;
-        ev.comm = e.comm;
-        ev.owner_src = e.owner_src;
-    }
+    owner_from_map(&mut ev);
     emit(&ev, rec)
 }
 

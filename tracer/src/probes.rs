@@ -103,6 +103,8 @@ pub struct Probes {
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
 const CATCHER: &str = "inet_sock_set_state_nested";
 const RETRANSMIT_CATCHER: &str = "tcp_retransmit_skb_nested";
+/// The feature the catchers provide, as named in `degraded` lines.
+const RECOVERY: &str = "recovery of transitions skipped by recursion";
 
 fn feature_of(tp: Tracepoint) -> &'static str {
     match tp {
@@ -152,24 +154,17 @@ impl Probes {
         // One line per feature, even when both send and recv tracepoints are missing.
         degraded.dedup_by_key(|d| d.feature);
 
-        // The catcher reads the socket itself, so it needs struct offsets from the kernel's BTF.
-        let sock_layout = if layouts
-            .iter()
-            .any(|(tp, _)| *tp == Tracepoint::InetSockSetState)
-        {
-            crate::btf::Btf::from_sys_fs()
-                .map_err(|e| e.to_string())
-                .and_then(|btf| crate::btf::sock_layout(&btf))
-                .map_err(|reason| {
-                    degraded.push(Degraded {
-                        feature: "recovery of transitions skipped by recursion",
-                        reason: format!("{reason}; such transitions are counted as lost"),
-                    })
+        // The catchers read the socket itself, so they need struct offsets from the kernel's BTF.
+        let sock_layout = crate::btf::Btf::from_sys_fs()
+            .map_err(|e| e.to_string())
+            .and_then(|btf| crate::btf::sock_layout(&btf))
+            .map_err(|reason| {
+                degraded.push(Degraded {
+                    feature: RECOVERY,
+                    reason: format!("{reason}; such transitions are counted as lost"),
                 })
-                .ok()
-        } else {
-            None
-        };
+            })
+            .ok();
 
         let mut loader = EbpfLoader::new();
         loader
@@ -219,35 +214,21 @@ impl Probes {
             {
                 Ok(()) => catcher = true,
                 Err(e) => degraded.push(Degraded {
-                    feature: "recovery of transitions skipped by recursion",
+                    feature: RECOVERY,
                     reason: format!(
                         "raw tracepoint unavailable ({e}); such transitions are counted as lost"
                     ),
                 }),
             }
         }
-        let undelivered = if attached.contains(&Tracepoint::InetSockSetState) {
-            let tp = Tracepoint::InetSockSetState;
-            match tracefs
-                .id(tp.category(), tp.name())
-                .map(crate::undelivered::Undelivered::open)
-            {
-                Some(Ok(u)) => Some(u),
-                other => {
-                    let why = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "no tracepoint id in tracefs".to_owned(),
-                    };
-                    degraded.push(Degraded {
-                        feature: "counting transitions the kernel did not deliver",
-                        reason: format!("perf counter unavailable: {why}"),
-                    });
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let undelivered = open_undelivered(&tracefs)
+            .map_err(|why| {
+                degraded.push(Degraded {
+                    feature: "counting transitions the kernel did not deliver",
+                    reason: format!("perf counter unavailable: {why}"),
+                })
+            })
+            .ok();
         Ok(Self {
             ebpf,
             tracefs,
@@ -360,6 +341,15 @@ impl Probes {
         );
         Ok(())
     }
+}
+
+/// The perf counter of `inet_sock_set_state` hits that bypassed the attached programs.
+fn open_undelivered(tracefs: &Tracefs) -> Result<crate::undelivered::Undelivered, String> {
+    let tp = Tracepoint::InetSockSetState;
+    let id = tracefs
+        .id(tp.category(), tp.name())
+        .ok_or("no tracepoint id in tracefs")?;
+    crate::undelivered::Undelivered::open(id).map_err(|e| e.to_string())
 }
 
 fn attach_catcher(
