@@ -30,10 +30,12 @@ pub enum Counter {
     Nested = 4,
     /// Likewise for retransmissions.
     NestedRetransmit = 5,
+    /// The per-process traffic map refused an update: bytes of that process were not counted.
+    ProcMapFull = 6,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
@@ -41,6 +43,7 @@ impl Counter {
         Self::OwnerUnknown,
         Self::Nested,
         Self::NestedRetransmit,
+        Self::ProcMapFull,
     ];
 }
 

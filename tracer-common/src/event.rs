@@ -63,12 +63,20 @@ pub struct RawEvent {
     pub sk: u64,
     /// Nanoseconds spent in `old_state`; 0 when the previous transition was not seen.
     pub duration_ns: u64,
+    /// Transitions into CLOSE only: application bytes sent and received on the socket (from
+    /// `sock_send_length` / `sock_recv_length`), and nanoseconds since the connection started
+    /// (0 when its start was not seen).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub lifespan_ns: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Owner's command name, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// Owner's process id (tgid); 0 when unknown.
     pub pid: u32,
+    /// Inode number of the socket's network namespace; 0 when unknown.
+    pub netns: u32,
     pub sport: u16,
     pub dport: u16,
     /// `AF_INET` or `AF_INET6`.
@@ -81,16 +89,19 @@ pub struct RawEvent {
     /// An [`OwnerSource`].
     pub owner_src: u8,
     pub _pad: [u8; 2],
-    /// `err` of `tcp_retransmit_skb` where the kernel reports it, else 0.
+    /// Retransmits: `err` of `tcp_retransmit_skb` where the kernel reports it, else 0.
+    /// Transitions into CLOSE: the socket's pending error (`sk_err`, an errno), which tells a
+    /// refused or timed-out connection from an orderly close.
     pub err: i32,
-    pub _pad2: u32,
+    /// Transitions into CLOSE: retransmissions seen on the socket.
+    pub retransmits: u32,
 }
 
 impl RawEvent {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 }
 
-const _: () = assert!(RawEvent::SIZE == 96);
+const _: () = assert!(RawEvent::SIZE == 128);
 const _: () = assert!(core::mem::align_of::<RawEvent>() == 8);
 
 #[cfg(feature = "user")]
@@ -102,10 +113,14 @@ impl RawEvent {
             ts_ns: 0,
             sk: 0,
             duration_ns: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            lifespan_ns: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
             pid: 0,
+            netns: 0,
             sport: 0,
             dport: 0,
             family: 0,
@@ -115,7 +130,7 @@ impl RawEvent {
             owner_src: 0,
             _pad: [0; 2],
             err: 0,
-            _pad2: 0,
+            retransmits: 0,
         }
     }
 }

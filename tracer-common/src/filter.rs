@@ -170,7 +170,11 @@ mod tests {
             owner_src: 1,
             _pad: [0; 2],
             err: 0,
-            _pad2: 0,
+            retransmits: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            lifespan_ns: 0,
+            netns: 0,
         }
     }
 

@@ -16,7 +16,7 @@ pub use config::{Config, Counter, WakeupMode};
 pub use event::{EventKind, OwnerSource, RawEvent};
 pub use filter::Filter;
 pub use layout::{FieldLoc, TpLayout};
-pub use sock::{ListenerOwner, SockInfo};
+pub use sock::{ListenerOwner, ProcTraffic, SockInfo};
 
 /// Address families as the tracepoints report them.
 pub const AF_INET: u16 = 2;

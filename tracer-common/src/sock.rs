@@ -8,14 +8,51 @@ use crate::COMM_LEN;
 pub struct SockInfo {
     /// Time of the last state transition (CLOCK_MONOTONIC ns); 0 when none was seen.
     pub last_ts: u64,
+    /// When the connection started (CLOSE -> SYN_SENT, or LISTEN -> SYN_RECV); 0 when unseen.
+    pub start_ts: u64,
+    /// Application bytes moved through the socket.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     pub comm: [u8; COMM_LEN],
     pub pid: u32,
+    /// Inode of the socket's network namespace; 0 when not read yet.
+    pub netns: u32,
+    pub retransmits: u32,
     /// An [`crate::OwnerSource`].
     pub owner_src: u8,
     pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 32);
+impl SockInfo {
+    pub const fn new(pid: u32, comm: [u8; COMM_LEN], owner_src: u8) -> Self {
+        Self {
+            last_ts: 0,
+            start_ts: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            comm,
+            pid,
+            netns: 0,
+            retransmits: 0,
+            owner_src,
+            _pad: [0; 3],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 64);
+
+/// Value of the per-process traffic map, keyed by tgid: application bytes the process moved
+/// over TCP, whichever socket it used. Updated in process context on every send/recv.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcTraffic {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcTraffic>() == 32);
 
 /// Value of the listener map, keyed by local port: who listens there, so that passively opened
 /// sockets (created in softirq) can be attributed before their process touches them.
@@ -33,3 +70,5 @@ const _: () = assert!(core::mem::size_of::<ListenerOwner>() == 24);
 unsafe impl aya::Pod for SockInfo {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenerOwner {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProcTraffic {}

@@ -5,9 +5,13 @@
 //! before loading.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod record;
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
@@ -20,12 +24,12 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, Config, Counter, EventKind, FieldLoc, IPPROTO_TCP, ListenerOwner,
-    OwnerSource, RawEvent, SockInfo, TpLayout, WakeupMode, state,
+    OwnerSource, ProcTraffic, RawEvent, SockInfo, TpLayout, WakeupMode, state,
 };
 
 use crate::{
-    maps::{EVENTS, LISTENERS, SOCKS, count},
-    record::{CLASSIC, NESTED, Slot, load, mark_of, slot},
+    maps::{EVENTS, LISTENERS, PROCS, SOCKS, count},
+    record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
 #[unsafe(no_mangle)]
@@ -54,6 +58,14 @@ static SOCK_STATE: FieldLoc = FieldLoc::ABSENT;
 static INET_SPORT: FieldLoc = FieldLoc::ABSENT;
 #[unsafe(no_mangle)]
 static INET_SADDR: FieldLoc = FieldLoc::ABSENT;
+/// `sock.sk_err`: why a connection closed (refused, timed out, reset by the peer).
+#[unsafe(no_mangle)]
+static SOCK_ERR: FieldLoc = FieldLoc::ABSENT;
+/// `sock_common.skc_net` (a `struct net *`) and `net.ns.inum`: the socket's network namespace.
+#[unsafe(no_mangle)]
+static SOCK_NET: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static NET_INUM: FieldLoc = FieldLoc::ABSENT;
 
 /// Reads a small field of the socket beyond the copied prefix.
 #[inline(always)]
@@ -65,9 +77,25 @@ fn sock_read<T: Copy>(sk: u64, f: &'static FieldLoc) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((sk + u64::from(f.offset)) as *const T) }.map_err(i64::from)
 }
 
+/// Inode of the socket's network namespace, or 0 when the kernel's BTF did not give the offsets.
+#[inline(always)]
+fn sock_netns(sk: u64) -> u32 {
+    let inum = load(&NET_INUM);
+    if inum.size != 4 {
+        return 0;
+    }
+    match sock_read::<u64>(sk, &SOCK_NET) {
+        Ok(net) if net != 0 => {
+            unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
+                .unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 /// Fills the identity of a socket the catcher reads directly.
 #[inline(always)]
-fn fill_from_sock(sk: u64, rec: &mut Slot, ev: &mut RawEvent) -> Result<bool, i64> {
+fn fill_from_sock(sk: u64, rec: &mut Record, ev: &mut RawEvent) -> Result<bool, i64> {
     let l = &SOCK_LAYOUT;
     rec.copy(sk as *const u8, l)?;
     let family = rec.uint(&l.family) as u16;
@@ -143,13 +171,13 @@ fn retransmit_mark(sk: u64, skb: u64) -> u64 {
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    classic(|s| try_learn_owner(&ctx, s, &SEND_LAYOUT));
+    classic(|s| try_count_bytes(&ctx, s, &SEND_LAYOUT, Direction::Sent));
     0
 }
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    classic(|s| try_learn_owner(&ctx, s, &RECV_LAYOUT));
+    classic(|s| try_count_bytes(&ctx, s, &RECV_LAYOUT, Direction::Received));
     0
 }
 
@@ -167,7 +195,7 @@ fn in_owner_context(old: u8, new: u8) -> bool {
 }
 
 #[inline(always)]
-fn fill_addrs(rec: &Slot, l: &'static TpLayout, family: u16, ev: &mut RawEvent) {
+fn fill_addrs(rec: &Record, l: &'static TpLayout, family: u16, ev: &mut RawEvent) {
     if family == AF_INET6 {
         rec.bytes(&l.saddr_v6, &mut ev.saddr);
         rec.bytes(&l.daddr_v6, &mut ev.daddr);
@@ -177,8 +205,9 @@ fn fill_addrs(rec: &Slot, l: &'static TpLayout, family: u16, ev: &mut RawEvent) 
     }
 }
 
-fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
+fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     let l = &SET_STATE_LAYOUT;
+    let rec = &mut s.rec;
     rec.copy(ctx.as_ptr() as *const u8, l)?;
     let (sk, old, new) = (
         rec.uint(&l.skaddr),
@@ -186,7 +215,8 @@ fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
         rec.uint(&l.newstate) as u8,
     );
     // First, so the catcher knows this transition is handled, whatever happens next.
-    rec.mark(mark_of(sk, old, new));
+    s.mark(mark_of(sk, old, new));
+    let rec = &s.rec;
     if rec.uint(&l.protocol) != u64::from(IPPROTO_TCP) {
         return Ok(());
     }
@@ -195,7 +225,8 @@ fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut ev = RawEvent::zeroed();
+    let ev = &mut s.ev;
+    *ev = RawEvent::zeroed();
     ev.kind = EventKind::State as u8;
     ev.ts_ns = now;
     ev.sk = sk;
@@ -204,21 +235,22 @@ fn try_set_state(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
     ev.sport = rec.uint(&l.sport) as u16;
     ev.dport = rec.uint(&l.dport) as u16;
     ev.family = family;
-    fill_addrs(rec, l, family, &mut ev);
+    fill_addrs(rec, l, family, ev);
 
-    track_owner(&mut ev, now);
-    emit(&ev, rec)
+    track_owner(ev, now);
+    emit(s)
 }
 
 /// A transition the classic program did not handle, read from the socket itself.
-fn try_set_state_nested(sk: u64, old: u8, new: u8, rec: &mut Slot) -> Result<(), i64> {
+fn try_set_state_nested(sk: u64, old: u8, new: u8, s: &mut Slot) -> Result<(), i64> {
     count(Counter::Nested);
     if sk == 0 || sock_read::<u16>(sk, &SOCK_PROTOCOL)? != IPPROTO_TCP {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut ev = RawEvent::zeroed();
-    if !fill_from_sock(sk, rec, &mut ev)? {
+    let ev = &mut s.ev;
+    *ev = RawEvent::zeroed();
+    if !fill_from_sock(sk, &mut s.rec, ev)? {
         return Ok(());
     }
     ev.kind = EventKind::State as u8;
@@ -227,8 +259,8 @@ fn try_set_state_nested(sk: u64, old: u8, new: u8, rec: &mut Slot) -> Result<(),
     ev.new_state = new;
     // The owner-context transitions only ever run in the owner's process, also when the classic
     // program was skipped there (a preempted task holding the per-CPU guard in a map syscall).
-    track_owner(&mut ev, now);
-    emit(&ev, rec)
+    track_owner(ev, now);
+    emit(s)
 }
 
 /// Resolves the owner and the time spent in the old state, and keeps the socket and listener
@@ -287,20 +319,36 @@ fn track_owner(ev: &mut RawEvent, now: u64) {
                 e.comm = comm;
                 e.owner_src = src as u8;
             }
-        }
-        None if new != state::CLOSE => {
-            let info = SockInfo {
-                last_ts: now,
-                comm,
-                pid,
-                owner_src: src as u8,
-                _pad: [0; 3],
-            };
-            if SOCKS.insert(sk, info, 0).is_err() {
-                count(Counter::SockMapFull);
+            if e.netns == 0 {
+                e.netns = sock_netns(sk);
+            }
+            ev.netns = e.netns;
+            if new == state::CLOSE {
+                ev.bytes_sent = e.bytes_sent;
+                ev.bytes_received = e.bytes_received;
+                ev.retransmits = e.retransmits;
+                if e.start_ts != 0 {
+                    ev.lifespan_ns = now.saturating_sub(e.start_ts);
+                }
             }
         }
-        None => {}
+        None => {
+            ev.netns = sock_netns(sk);
+            if new != state::CLOSE {
+                let mut info = SockInfo::new(pid, comm, src as u8);
+                info.last_ts = now;
+                info.netns = ev.netns;
+                if starts_connection {
+                    info.start_ts = now;
+                }
+                if SOCKS.insert(sk, info, 0).is_err() {
+                    count(Counter::SockMapFull);
+                }
+            }
+        }
+    }
+    if new == state::CLOSE {
+        ev.err = sock_read::<i32>(sk, &SOCK_ERR).unwrap_or(0);
     }
 
     if new == state::LISTEN {
@@ -321,16 +369,18 @@ fn track_owner(ev: &mut RawEvent, now: u64) {
     }
 }
 
-fn try_retransmit(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
+fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     let l = &RETRANSMIT_LAYOUT;
-    rec.copy(ctx.as_ptr() as *const u8, l)?;
-    let sk = rec.uint(&l.skaddr);
-    rec.mark(retransmit_mark(sk, rec.uint(&l.skbaddr)));
+    s.rec.copy(ctx.as_ptr() as *const u8, l)?;
+    let sk = s.rec.uint(&l.skaddr);
+    s.mark(retransmit_mark(sk, s.rec.uint(&l.skbaddr)));
+    let rec = &s.rec;
     let family = rec.uint(&l.family) as u16;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
-    let mut ev = RawEvent::zeroed();
+    let ev = &mut s.ev;
+    *ev = RawEvent::zeroed();
     ev.kind = EventKind::Retransmit as u8;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.sk = sk;
@@ -341,78 +391,134 @@ fn try_retransmit(ctx: &TracePointContext, rec: &mut Slot) -> Result<(), i64> {
     ev.dport = rec.uint(&l.dport) as u16;
     ev.family = family;
     ev.err = rec.uint(&l.err) as u32 as i32;
-    fill_addrs(rec, l, family, &mut ev);
-    owner_from_map(&mut ev);
-    emit(&ev, rec)
+    fill_addrs(rec, l, family, ev);
+    owner_from_map(ev);
+    emit(s)
 }
 
-/// Fills the owner recorded for the event's socket, if any: retransmissions change no state, so
-/// they only read the socket map.
+/// Fills the owner recorded for the event's socket, if any, and counts the retransmission
+/// there for the socket's close record.
 #[inline(always)]
 fn owner_from_map(ev: &mut RawEvent) {
-    if let Some(e) = unsafe { SOCKS.get(ev.sk) } {
+    if let Some(e) = SOCKS.get_ptr_mut(ev.sk) {
+        let e = unsafe { &mut *e };
+        e.retransmits = e.retransmits.wrapping_add(1);
         ev.pid = e.pid;
         ev.comm = e.comm;
         ev.owner_src = e.owner_src;
+        ev.netns = e.netns;
     }
 }
 
 /// A retransmission the classic program did not handle, read from the socket itself.
-fn try_retransmit_nested(sk: u64, rec: &mut Slot) -> Result<(), i64> {
+fn try_retransmit_nested(sk: u64, s: &mut Slot) -> Result<(), i64> {
     count(Counter::NestedRetransmit);
     if sk == 0 {
         return Err(-1);
     }
-    let mut ev = RawEvent::zeroed();
-    if !fill_from_sock(sk, rec, &mut ev)? {
+    let ev = &mut s.ev;
+    *ev = RawEvent::zeroed();
+    if !fill_from_sock(sk, &mut s.rec, ev)? {
         return Ok(());
     }
     ev.kind = EventKind::Retransmit as u8;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let st = rec.uint(&SOCK_STATE) as u8;
+    let st = s.rec.uint(&SOCK_STATE) as u8;
     ev.old_state = st;
     ev.new_state = st;
-    owner_from_map(&mut ev);
-    emit(&ev, rec)
+    owner_from_map(ev);
+    emit(s)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Sent,
+    Received,
+}
+
+/// `MSG_PEEK`: a peek moves no bytes.
+const MSG_PEEK: u64 = 2;
+
 /// `sock_send_length` / `sock_recv_length` run in the context of the process moving the bytes:
-/// the most reliable owner signal there is, and the one that corrects inherited owners.
-fn try_learn_owner(
+/// the most reliable owner signal there is, and the one that corrects inherited owners. Bytes
+/// accumulate per socket (for close records) and per process; nothing goes to the ring buffer.
+fn try_count_bytes(
     ctx: &TracePointContext,
-    rec: &mut Slot,
+    s: &mut Slot,
     layout: &'static TpLayout,
+    dir: Direction,
 ) -> Result<(), i64> {
     let l = layout;
+    let rec = &mut s.rec;
     rec.copy(ctx.as_ptr() as *const u8, l)?;
-    if rec.uint(&l.protocol) != u64::from(IPPROTO_TCP) || (rec.uint(&l.ret) as u32 as i32) <= 0 {
+    let ret = rec.uint(&l.ret) as u32 as i32;
+    if rec.uint(&l.protocol) != u64::from(IPPROTO_TCP) || ret <= 0 {
         return Ok(());
     }
+    if dir == Direction::Received && rec.uint(&l.flags) & MSG_PEEK != 0 {
+        return Ok(());
+    }
+    let bytes = ret as u64;
     let sk = rec.uint(&l.skaddr);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut comm = None;
     match SOCKS.get_ptr_mut(sk) {
         Some(e) => {
             let e = unsafe { &mut *e };
             if e.pid != tgid || e.owner_src != OwnerSource::Process as u8 {
+                let c = bpf_get_current_comm().unwrap_or([0; 16]);
+                comm = Some(c);
                 e.pid = tgid;
-                e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+                e.comm = c;
                 e.owner_src = OwnerSource::Process as u8;
             }
+            add_bytes(&mut e.bytes_sent, &mut e.bytes_received, dir, bytes);
         }
         None => {
-            let info = SockInfo {
-                last_ts: 0,
-                comm: bpf_get_current_comm().unwrap_or([0; 16]),
-                pid: tgid,
-                owner_src: OwnerSource::Process as u8,
-                _pad: [0; 3],
-            };
+            let c = bpf_get_current_comm().unwrap_or([0; 16]);
+            comm = Some(c);
+            let mut info = SockInfo::new(tgid, c, OwnerSource::Process as u8);
+            info.netns = sock_netns(sk);
+            add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
             if SOCKS.insert(sk, info, 0).is_err() {
                 count(Counter::SockMapFull);
             }
         }
     }
+    match PROCS.get_ptr_mut(tgid) {
+        Some(p) => {
+            let p = unsafe { &mut *p };
+            add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, bytes);
+        }
+        None => {
+            let mut p = ProcTraffic {
+                bytes_sent: 0,
+                bytes_received: 0,
+                comm: match comm {
+                    Some(c) => c,
+                    None => bpf_get_current_comm().unwrap_or([0; 16]),
+                },
+            };
+            add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, bytes);
+            if PROCS.insert(tgid, p, 0).is_err() {
+                count(Counter::ProcMapFull);
+            }
+        }
+    }
     Ok(())
+}
+
+/// Atomic adds: threads of one process send concurrently on other CPUs (and the tracepoints
+/// fire outside the socket lock), and a process that sends N bytes must be reported with N.
+#[inline(always)]
+fn add_bytes(sent: &mut u64, received: &mut u64, dir: Direction, n: u64) {
+    let field = match dir {
+        Direction::Sent => sent,
+        Direction::Received => received,
+    };
+    // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is unavailable; the
+    // intrinsic lowers to the BPF atomic add instruction.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n) };
 }
 
 /// How often (in records per CPU) batched mode checks whether to force a wakeup. Reading the
@@ -422,14 +528,15 @@ const WAKEUP_CHECK_EVERY: u64 = 64;
 
 /// Applies the filter and writes the event to the ring buffer, counting every failure.
 #[inline(always)]
-fn emit(ev: &RawEvent, slot: &mut Slot) -> Result<(), i64> {
+fn emit(slot: &mut Slot) -> Result<(), i64> {
+    let ev = &slot.ev;
     if load(&CONFIG.filter.flags) != 0 && !load(&CONFIG.filter).matches(ev) {
         return Ok(());
     }
     if ev.pid == 0 {
         count(Counter::OwnerUnknown);
     }
-    let flags = if load(&CONFIG.wakeup_mode) == WakeupMode::Batched as u32 {
+    let flags: u32 = if load(&CONFIG.wakeup_mode) == WakeupMode::Batched as u32 {
         slot.emitted = slot.emitted.wrapping_add(1);
         if slot.emitted.is_multiple_of(WAKEUP_CHECK_EVERY)
             && EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
@@ -441,7 +548,7 @@ fn emit(ev: &RawEvent, slot: &mut Slot) -> Result<(), i64> {
     } else {
         0
     };
-    match EVENTS.output::<RawEvent>(ev, flags.into()) {
+    match EVENTS.output::<RawEvent>(&slot.ev, flags.into()) {
         Ok(()) => Ok(()),
         Err(e) => {
             count(Counter::RingbufFull);

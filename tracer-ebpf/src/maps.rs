@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Counter, ListenerOwner, SockInfo};
+use tracer_common::{Counter, ListenerOwner, ProcTraffic, SockInfo};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
@@ -12,6 +12,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 /// Socket address -> owner and time of the last transition.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Process (tgid) -> application bytes it moved over TCP.
+#[map]
+pub static PROCS: LruHashMap<u32, ProcTraffic> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Local port -> owner of the listener there.
 #[map]

@@ -2,7 +2,7 @@
 //! catcher reads.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
-use tracer_common::{FieldLoc, TpLayout, layout::MAX_RECORD};
+use tracer_common::{FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
 
 /// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
 /// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
@@ -21,8 +21,14 @@ pub struct Slot {
     next_seq: u64,
     /// Records emitted from this slot: paces the (costly) pending-bytes check.
     pub emitted: u64,
-    rec: [u8; MAX_RECORD],
+    pub rec: Record,
+    /// The event being built: too large for the 512-byte BPF stack beside everything else.
+    pub ev: RawEvent,
 }
+
+/// A copy of the tracepoint record (or socket prefix) being decoded.
+#[repr(C, align(8))]
+pub struct Record([u8; MAX_RECORD]);
 
 /// One transition's identity: socket address and both states. Kernel addresses share their top
 /// 16 bits, so folding the states into them keeps distinct transitions distinct.
@@ -91,7 +97,9 @@ impl Slot {
         }
         found
     }
+}
 
+impl Record {
     /// Copies the first `copy_len` bytes at `src` with one helper call; later reads are plain
     /// loads at offsets the verifier knows (direct context loads would need the offsets as
     /// instruction immediates).
@@ -101,7 +109,7 @@ impl Slot {
         if len == 0 || len > MAX_RECORD {
             return Err(-1);
         }
-        unsafe { bpf_probe_read_kernel_buf(src, &mut self.rec[..len]) }?;
+        unsafe { bpf_probe_read_kernel_buf(src, &mut self.0[..len]) }?;
         Ok(())
     }
 
@@ -114,7 +122,7 @@ impl Slot {
         if off + usize::from(f.size) > MAX_RECORD {
             return 0;
         }
-        let p = unsafe { self.rec.as_ptr().add(off) };
+        let p = unsafe { self.0.as_ptr().add(off) };
         unsafe {
             match f.size {
                 1 => u64::from(*p),
@@ -132,8 +140,8 @@ impl Slot {
         let f = load(f);
         let off = usize::from(f.offset);
         match f.size {
-            4 if off + 4 <= MAX_RECORD => out[..4].copy_from_slice(&self.rec[off..off + 4]),
-            16 if off + 16 <= MAX_RECORD => out.copy_from_slice(&self.rec[off..off + 16]),
+            4 if off + 4 <= MAX_RECORD => out[..4].copy_from_slice(&self.0[off..off + 4]),
+            16 if off + 16 <= MAX_RECORD => out.copy_from_slice(&self.0[off..off + 16]),
             _ => {}
         }
     }

@@ -274,6 +274,11 @@ pub struct SockLayout {
     /// tracepoints report it.
     pub inet_sport: tracer_common::FieldLoc,
     pub inet_saddr: tracer_common::FieldLoc,
+    /// `sk_err`, read when a socket closes.
+    pub sk_err: tracer_common::FieldLoc,
+    /// `skc_net.net` and `net.ns.inum`: the network namespace of a socket.
+    pub net: tracer_common::FieldLoc,
+    pub net_inum: tracer_common::FieldLoc,
 }
 
 pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
@@ -326,6 +331,9 @@ pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
         protocol,
         inet_sport,
         inet_saddr,
+        sk_err: loc(&["sk_err"], 4)?,
+        net: loc(&["__sk_common", "skc_net", "net"], 8)?,
+        net_inum: loc_in("net", &["ns", "inum"], 4)?,
     })
 }
 
@@ -457,6 +465,10 @@ mod tests {
         };
         let family = btf.field("sock", &["__sk_common", "skc_family"]).unwrap();
         assert_eq!(family.size, 2);
+        let layout = sock_layout(&btf).unwrap();
+        assert_eq!(layout.sk_err.size, 4);
+        assert_eq!(layout.net.size, 8);
+        assert_eq!(layout.net_inum.size, 4);
         assert_eq!(
             btf.field("sock", &["__sk_common", "skc_v6_daddr"])
                 .unwrap()

@@ -4,6 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{AF_INET, AF_INET6, COMM_LEN, EventKind, OwnerSource, RawEvent, state};
 
+use crate::close::{CloseEnd, CloseInfo, ends_connection};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes, expected {expected}", expected = RawEvent::SIZE)]
@@ -124,7 +126,11 @@ pub struct Event {
     pub daddr: IpAddr,
     pub dport: u16,
     pub owner: Option<Owner>,
+    /// Inode of the socket's network namespace; 0 when unknown.
+    pub netns: u32,
     pub detail: Detail,
+    /// Transitions that end a connection carry its close record.
+    pub close: Option<CloseInfo>,
 }
 
 impl Event {
@@ -178,22 +184,33 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         comm: Comm::new(&b[offset_of!(RawEvent, comm)..offset_of!(RawEvent, comm) + COMM_LEN]),
         source,
     });
+    let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
+    let mut close = None;
     let detail = match kind {
         EventKind::State => {
             let d = u64_at(b, offset_of!(RawEvent, duration_ns));
+            if new.number() == state::CLOSE && ends_connection(old) {
+                let life = u64_at(b, offset_of!(RawEvent, lifespan_ns));
+                close = Some(CloseInfo {
+                    from: old,
+                    end: CloseEnd::classify(old, err),
+                    err,
+                    bytes_sent: u64_at(b, offset_of!(RawEvent, bytes_sent)),
+                    bytes_received: u64_at(b, offset_of!(RawEvent, bytes_received)),
+                    retransmits: u32_at(b, offset_of!(RawEvent, retransmits)),
+                    lifespan_ns: (life != 0).then_some(life),
+                });
+            }
             Detail::State {
                 old,
                 new,
                 duration_ns: (d != 0).then_some(d),
             }
         }
-        EventKind::Retransmit => {
-            let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
-            Detail::Retransmit {
-                state: new,
-                err: (err != 0).then_some(err),
-            }
-        }
+        EventKind::Retransmit => Detail::Retransmit {
+            state: new,
+            err: (err != 0).then_some(err),
+        },
     };
     Ok(Event {
         ts_ns: u64_at(b, offset_of!(RawEvent, ts_ns)),
@@ -203,7 +220,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         daddr: addr(family, arr16(b, offset_of!(RawEvent, daddr))),
         dport: u16_at(b, offset_of!(RawEvent, dport)),
         owner,
+        netns: u32_at(b, offset_of!(RawEvent, netns)),
         detail,
+        close,
     })
 }
 
@@ -234,6 +253,23 @@ pub(crate) mod tests {
         put(offset_of!(RawEvent, new_state), &[ev.new_state]);
         put(offset_of!(RawEvent, owner_src), &[ev.owner_src]);
         put(offset_of!(RawEvent, err), &ev.err.to_ne_bytes());
+        put(offset_of!(RawEvent, netns), &ev.netns.to_ne_bytes());
+        put(
+            offset_of!(RawEvent, bytes_sent),
+            &ev.bytes_sent.to_ne_bytes(),
+        );
+        put(
+            offset_of!(RawEvent, bytes_received),
+            &ev.bytes_received.to_ne_bytes(),
+        );
+        put(
+            offset_of!(RawEvent, lifespan_ns),
+            &ev.lifespan_ns.to_ne_bytes(),
+        );
+        put(
+            offset_of!(RawEvent, retransmits),
+            &ev.retransmits.to_ne_bytes(),
+        );
         b
     }
 
@@ -309,6 +345,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_close_carries_its_record() {
+        let mut raw = raw_v4();
+        raw.old_state = state::SYN_SENT;
+        raw.new_state = state::CLOSE;
+        raw.err = 111;
+        raw.bytes_sent = 7;
+        raw.retransmits = 2;
+        raw.netns = 4026531840;
+        let ev = decode(&encode(&raw)).unwrap();
+        assert_eq!(ev.netns, 4026531840);
+        let c = ev.close.unwrap();
+        assert_eq!(
+            (
+                c.end,
+                c.bytes_sent,
+                c.bytes_received,
+                c.retransmits,
+                c.lifespan_ns
+            ),
+            (CloseEnd::Refused, 7, 0, 2, None)
+        );
+        raw.old_state = state::LISTEN;
+        assert_eq!(decode(&encode(&raw)).unwrap().close, None);
+    }
+
+    #[test]
     fn comm_keeps_valid_utf8_only() {
         assert_eq!(Comm::new(b"nginx\0\0\0").as_str(), "nginx");
         assert_eq!(
@@ -322,11 +384,11 @@ pub(crate) mod tests {
     #[test]
     fn short_and_long_records_are_rejected() {
         let bytes = encode(&raw_v4());
-        assert_eq!(decode(&bytes[..95]), Err(DecodeError::Length(95)));
+        assert_eq!(decode(&bytes[..127]), Err(DecodeError::Length(127)));
         assert_eq!(decode(&[]), Err(DecodeError::Length(0)));
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(decode(&long), Err(DecodeError::Length(97)));
+        assert_eq!(decode(&long), Err(DecodeError::Length(129)));
     }
 
     #[test]

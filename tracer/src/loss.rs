@@ -13,6 +13,8 @@ pub enum LossCause {
     SockMapFull,
     /// The listener map refused an update: a listener's owner was not recorded.
     ListenerMapFull,
+    /// The per-process traffic map refused an update: bytes of a process were not counted.
+    ProcMapFull,
     /// A record could not be decoded (version mismatch or corruption).
     Decode,
     /// The kernel fired the tracepoint without running the programs attached to it.
@@ -20,11 +22,12 @@ pub enum LossCause {
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 6] = [
+    pub const ALL: [LossCause; 7] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
         Self::ListenerMapFull,
+        Self::ProcMapFull,
         Self::Decode,
         Self::KernelUndelivered,
     ];
@@ -35,6 +38,7 @@ impl LossCause {
             Self::RecursionMiss => "recursion_miss",
             Self::SockMapFull => "sock_map_full",
             Self::ListenerMapFull => "listener_map_full",
+            Self::ProcMapFull => "proc_map_full",
             Self::Decode => "decode_error",
             Self::KernelUndelivered => "kernel_undelivered",
         }
@@ -46,6 +50,7 @@ impl LossCause {
             Self::RecursionMiss => "program skipped while another BPF program ran on the CPU",
             Self::SockMapFull => "socket map update failed: owners/durations missing",
             Self::ListenerMapFull => "listener map full: passive owners missing",
+            Self::ProcMapFull => "process traffic map full: some bytes not counted",
             Self::Decode => "undecodable ring buffer record",
             Self::KernelUndelivered => "the kernel skipped the tracer's programs for a transition",
         }
@@ -138,8 +143,8 @@ mod tests {
         assert_eq!(t.dropped(), 9);
         assert_eq!(
             t.summary(),
-            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 decode_error=1 \
-             kernel_undelivered=0"
+            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 proc_map_full=0 \
+             decode_error=1 kernel_undelivered=0"
         );
     }
 }

@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
             .await
             .map(drop)
             .map_err(Into::into),
+        Some(Command::Stats(args)) => tracer::stats::run(&args).await.map_err(Into::into),
+        Some(Command::Top(args)) => tracer::top::run(&args).await.map_err(Into::into),
+        Some(Command::Agent(args)) => tracer::agent::run(&args).await.map_err(Into::into),
         None => tracer::stream::run(&cli.stream)
             .await
             .map(drop)

@@ -11,6 +11,7 @@ use tracer_common::OwnerSource;
 
 use crate::{
     clock::Clock,
+    close::errno_name,
     event::{Detail, Event},
     loss::LossCause,
 };
@@ -19,6 +20,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Event(Event),
+    /// The close record of an event that ended a connection (`event.close` is set).
+    Close(Event),
     Lost {
         ts_ns: u64,
         cause: LossCause,
@@ -82,6 +85,34 @@ struct JsonEvent<'a> {
     state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     err: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct JsonClose<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: Text<humantime::Rfc3339Timestamp>,
+    sk: Text<Hex>,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    owner: &'static str,
+    family: u8,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    /// The state the connection closed from.
+    state: &'static str,
+    end: &'static str,
+    error: Option<&'static str>,
+    lifespan_ms: Option<f64>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    retransmits: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -145,6 +176,8 @@ impl<W: Write> Printer<W> {
         match (self.format, rec) {
             (Format::Json, Record::Event(ev)) => self.json_event(ev),
             (Format::Human, Record::Event(ev)) => self.human_event(ev),
+            (Format::Json, Record::Close(ev)) => self.json_close(ev),
+            (Format::Human, Record::Close(ev)) => self.human_close(ev),
             (
                 Format::Json,
                 Record::Lost {
@@ -223,9 +256,64 @@ impl<W: Write> Printer<W> {
             duration_ms,
             state,
             err,
+            netns: (ev.netns != 0).then_some(ev.netns),
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
+    }
+
+    fn json_close(&mut self, ev: &Event) -> io::Result<()> {
+        let Some(c) = &ev.close else { return Ok(()) };
+        let rec = JsonClose {
+            kind: "close",
+            time: Text(humantime::format_rfc3339_micros(self.clock.wall(ev.ts_ns))),
+            sk: Text(Hex(ev.sk)),
+            pid: ev.owner.as_ref().map(|o| o.pid),
+            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
+            owner: owner_source_name(ev.owner.as_ref().map_or(OwnerSource::Unknown, |o| o.source)),
+            family: ev.family(),
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+            state: c.from.name(),
+            end: c.end.name(),
+            error: errno_name(c.err),
+            lifespan_ms: c.lifespan_ns.map(ms),
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            retransmits: c.retransmits,
+            netns: (ev.netns != 0).then_some(ev.netns),
+        };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn human_close(&mut self, ev: &Event) -> io::Result<()> {
+        let Some(c) = &ev.close else { return Ok(()) };
+        let (pid, comm) = match &ev.owner {
+            Some(o) => (o.pid.to_string(), o.comm.as_str()),
+            None => ("-".to_owned(), "-"),
+        };
+        let what = format!(
+            "CLOSED {} tx={} rx={} rtx={}",
+            c.end.name(),
+            c.bytes_sent,
+            c.bytes_received,
+            c.retransmits
+        );
+        writeln!(
+            self.out,
+            "{} {:<7} {:<16} {:<23} {:<23} {:<30} {}",
+            time_of_day(self.clock.wall(ev.ts_ns)),
+            pid,
+            comm,
+            endpoint(ev.saddr, ev.sport),
+            endpoint(ev.daddr, ev.dport),
+            what,
+            c.lifespan_ns
+                .map_or_else(|| "-".to_owned(), |d| format!("{:.3}", ms(d)))
+        )
     }
 
     fn human_event(&mut self, ev: &Event) -> io::Result<()> {
@@ -330,6 +418,36 @@ mod tests {
         assert_eq!(
             (v["type"].as_str(), v["cause"].as_str(), v["count"].as_u64()),
             (Some("lost"), Some("ringbuf_full"), Some(7))
+        );
+    }
+
+    #[test]
+    fn json_close_record() {
+        let mut raw = raw_v4();
+        raw.old_state = tracer_common::state::LAST_ACK;
+        raw.new_state = tracer_common::state::CLOSE;
+        raw.bytes_sent = 1000;
+        raw.bytes_received = 20;
+        raw.lifespan_ns = 2_500_000;
+        raw.retransmits = 1;
+        let ev = decode(&encode(&raw)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&render(Format::Json, &Record::Close(ev.clone()))).unwrap();
+        assert_eq!(v["type"], "close");
+        assert_eq!(v["state"], "LAST_ACK");
+        assert_eq!(v["end"], "orderly");
+        assert_eq!(v["error"], serde_json::Value::Null);
+        assert_eq!(v["lifespan_ms"], 2.5);
+        assert_eq!(
+            (v["bytes_sent"].as_u64(), v["bytes_received"].as_u64()),
+            (Some(1000), Some(20))
+        );
+        assert_eq!(v["retransmits"], 1);
+        assert_eq!(v["pid"], 4242);
+        let human = render(Format::Human, &Record::Close(ev));
+        assert!(
+            human.contains("CLOSED orderly tx=1000 rx=20 rtx=1"),
+            "{human}"
         );
     }
 

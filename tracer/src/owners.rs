@@ -54,6 +54,28 @@ pub fn match_owners(
     out
 }
 
+/// Every process with its socket inodes: (tgid, comm, inodes). Processes that vanish during
+/// the scan, or whose fds cannot be read, are skipped: /proc changes under any scan.
+fn process_sockets() -> impl Iterator<Item = (u32, String, Vec<u64>)> {
+    all_processes()
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let comm = p.stat().ok()?.comm;
+            let inodes = p
+                .fd()
+                .ok()?
+                .filter_map(Result::ok)
+                .filter_map(|fd| match fd.target {
+                    FDTarget::Socket(ino) => Some(ino),
+                    _ => None,
+                })
+                .collect();
+            Some((u32::try_from(p.pid).ok()?, comm, inodes))
+        })
+}
+
 /// Owners of the listening sockets that exist now. Processes that vanish during the scan, or
 /// whose fds cannot be read, are skipped.
 pub fn listening_owners() -> Vec<ListenerOwner> {
@@ -61,23 +83,29 @@ pub fn listening_owners() -> Vec<ListenerOwner> {
     if wanted.is_empty() {
         return Vec::new();
     }
-    let Ok(procs) = all_processes() else {
-        return Vec::new();
-    };
-    let procs = procs.filter_map(Result::ok).filter_map(|p| {
-        let comm = p.stat().ok()?.comm;
-        let inodes = p
-            .fd()
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|fd| match fd.target {
-                FDTarget::Socket(ino) => Some(ino),
-                _ => None,
-            })
-            .collect();
-        Some((u32::try_from(p.pid).ok()?, comm, inodes))
-    });
-    match_owners(wanted, procs)
+    match_owners(wanted, process_sockets())
+}
+
+/// Indexes sockets by inode. A socket shared by several processes (inherited over fork, passed
+/// over a unix socket) goes to the first one `procs` yields, which for /proc is the lowest pid:
+/// usually the parent that created it.
+pub fn index_owners(
+    procs: impl IntoIterator<Item = (u32, String, Vec<u64>)>,
+) -> HashMap<u64, (u32, String)> {
+    let mut out = HashMap::new();
+    for (pid, comm, inodes) in procs {
+        for ino in inodes {
+            out.entry(ino).or_insert_with(|| (pid, comm.clone()));
+        }
+    }
+    out
+}
+
+/// Every socket inode held by a process of this system, with its holder: inode -> (tgid, comm),
+/// scanned from /proc/*/fd as `ss -p` does. Sockets of every family are included; match them
+/// against [`crate::snapshot::DiagSocket::inode`].
+pub fn socket_owners() -> HashMap<u64, (u32, String)> {
+    index_owners(process_sockets())
 }
 
 #[cfg(test)]
@@ -125,5 +153,29 @@ mod tests {
             .find(|o| o.port == port)
             .expect("own listener found");
         assert_eq!(me.pid, std::process::id());
+    }
+
+    #[test]
+    fn first_holder_of_a_shared_socket_wins() {
+        let procs = vec![
+            (10, "parent".to_owned(), vec![100, 101]),
+            (11, "child".to_owned(), vec![100, 102]),
+        ];
+        let owners = index_owners(procs);
+        assert_eq!(owners.len(), 3);
+        assert_eq!(owners[&100], (10, "parent".to_owned()));
+        assert_eq!(owners[&102], (11, "child".to_owned()));
+    }
+
+    #[test]
+    fn finds_a_socket_of_this_process() {
+        use std::os::unix::fs::MetadataExt;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let owners = socket_owners();
+        assert_eq!(owners.get(&ino).map(|o| o.0), Some(std::process::id()));
     }
 }

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tracer_common::{COMM_LEN, Config, Counter, ListenerOwner, TpLayout};
+use tracer_common::{COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout};
 
 use crate::{
     format::{self, Tracepoint},
@@ -65,6 +65,8 @@ pub struct ProbeOptions {
     pub max_sockets: u32,
     /// Capacity of the listener map.
     pub max_listeners: u32,
+    /// Capacity of the per-process traffic map.
+    pub max_processes: u32,
     /// Attach `tcp_retransmit_skb`.
     pub retransmits: bool,
 }
@@ -76,6 +78,7 @@ impl Default for ProbeOptions {
             ring_bytes: 16 << 20,
             max_sockets: 262_144,
             max_listeners: 8192,
+            max_processes: 16_384,
             retransmits: true,
         }
     }
@@ -171,7 +174,8 @@ impl Probes {
             .override_global("CONFIG", &opts.config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
-            .map_max_entries("LISTENERS", opts.max_listeners);
+            .map_max_entries("LISTENERS", opts.max_listeners)
+            .map_max_entries("PROCS", opts.max_processes);
         for (tp, layout) in &layouts {
             loader.override_global(tp.layout_global(), layout, true);
         }
@@ -181,6 +185,9 @@ impl Probes {
             loader.override_global("SOCK_PROTOCOL", &sock.protocol, true);
             loader.override_global("INET_SPORT", &sock.inet_sport, true);
             loader.override_global("INET_SADDR", &sock.inet_saddr, true);
+            loader.override_global("SOCK_ERR", &sock.sk_err, true);
+            loader.override_global("SOCK_NET", &sock.net, true);
+            loader.override_global("NET_INUM", &sock.net_inum, true);
         }
         let mut ebpf = loader.load(OBJECT)?;
 
@@ -307,6 +314,34 @@ impl Probes {
         Ok(out)
     }
 
+    /// Application bytes per process (tgid) since the programs were attached.
+    pub fn proc_bytes(
+        &self,
+    ) -> Result<std::collections::HashMap<u32, crate::aggregate::ProcBytes>, LoadError> {
+        let map = self
+            .ebpf
+            .map("PROCS")
+            .ok_or(LoadError::MissingMap("PROCS"))?;
+        let procs =
+            BpfHashMap::<_, u32, ProcTraffic>::try_from(map).map_err(|source| LoadError::Map {
+                name: "PROCS",
+                source,
+            })?;
+        // Entries of processes that exit while we iterate vanish; skip them.
+        Ok(procs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, t)| {
+                let b = crate::aggregate::ProcBytes {
+                    sent: t.bytes_sent,
+                    received: t.bytes_received,
+                    comm: crate::event::Comm::new(&t.comm),
+                };
+                (pid, b)
+            })
+            .collect())
+    }
+
     /// Run-time statistics of each attached program (run time needs `kernel.bpf_stats_enabled`).
     pub fn program_stats(&self) -> Vec<(Tracepoint, ProgStats)> {
         self.attached
@@ -328,6 +363,7 @@ impl Probes {
             LossCause::ListenerMapFull,
             c[Counter::ListenerMapFull as usize],
         );
+        totals.observe(LossCause::ProcMapFull, c[Counter::ProcMapFull as usize]);
         if let Some(u) = &self.undelivered {
             totals.observe(LossCause::KernelUndelivered, u.count());
         }

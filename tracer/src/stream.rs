@@ -5,41 +5,36 @@ use std::{
     time::Duration,
 };
 
-use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{EventType, StreamArgs, Wakeup},
+    cli::{EventType, StreamArgs},
     clock::Clock,
     event::{Detail, Event},
     loss::{LossCause, LossTotals},
     output::{Format, Printer, Record},
-    privileges::{self, PrivilegeError},
-    probes::{LoadError, ProbeOptions, Probes},
-    reader::{self, Batch},
+    probes::{ProbeOptions, Probes},
+    reader::Batch,
+    session::{Session, SessionError},
 };
 
 /// How often kernel loss counters are checked, so losses are reported in-band promptly.
 const LOSS_CHECK: Duration = Duration::from_millis(250);
-/// Reader drain period in batched wakeup mode: bounds delivery latency on a quiet host.
-const BATCHED_DRAIN: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error(transparent)]
-    Privilege(#[from] PrivilegeError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
+    Session(#[from] SessionError),
     #[error("writing output: {0}")]
     Output(io::Error),
-    #[error("reading the ring buffer: {0}")]
-    Reader(io::Error),
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub state_events: u64,
     pub retransmit_events: u64,
+    pub closed_connections: u64,
     pub losses: LossTotals,
 }
 
@@ -49,82 +44,35 @@ impl Summary {
             Detail::State { .. } => self.state_events += 1,
             Detail::Retransmit { .. } => self.retransmit_events += 1,
         }
+        self.closed_connections += u64::from(ev.close.is_some());
     }
 
     pub fn line(&self) -> String {
         format!(
-            "tracer: {} events (state {}, retransmit {}); lost {} ({})",
+            "tracer: {} events (state {}, retransmit {}, connections closed {}); lost {} ({})",
             self.state_events + self.retransmit_events,
             self.state_events,
             self.retransmit_events,
+            self.closed_connections,
             self.losses.dropped(),
             self.losses.summary()
         )
     }
 }
 
-/// Cancels `cancel` on SIGINT, SIGTERM or when `duration` has passed.
-fn spawn_stopper(cancel: CancellationToken, duration: Option<Duration>) -> io::Result<()> {
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        let limit = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = limit => {}
-            _ = cancel.cancelled() => {}
-        }
-        cancel.cancel();
-    });
-    Ok(())
-}
-
 pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
-    privileges::check()?;
     let opts = ProbeOptions {
         config: args.config(),
         ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
-        retransmits: args.filter.wants(EventType::Retransmit),
+        // Close records count retransmissions too.
+        retransmits: args.filter.wants(EventType::Retransmit)
+            || args.filter.wants(EventType::Close),
         ..ProbeOptions::default()
     };
-    let mut probes = Probes::load(&opts)?;
-    if probes.tracefs.mounted_by_us {
-        eprintln!(
-            "tracer: mounted tracefs on {}",
-            probes.tracefs.root().display()
-        );
-    }
-    for d in &probes.degraded {
-        eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
-    }
-    let ring = probes.take_ring()?;
-    // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
-    let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
-    if seeded > 0 {
-        eprintln!("tracer: found the owners of {seeded} existing listening ports");
-    }
-
-    let cancel = CancellationToken::new();
-    spawn_stopper(cancel.clone(), args.duration).map_err(StreamError::Reader)?;
-    let (tx, mut rx) = mpsc::channel::<Batch>(256);
-    let tick = (args.wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
-    let reader = tokio::spawn(reader::run(ring, tx, cancel.clone(), tick));
-
-    let mut names: Vec<&str> = probes.attached.iter().map(|tp| tp.name()).collect();
-    if probes.catcher {
-        names.push("raw-tracepoint catchers of skipped events");
-    }
-    eprintln!(
-        "tracer: attached {}; streaming (Ctrl-C to stop)",
-        names.join(", ")
-    );
+    let session = Session::start(&opts, args.wakeup, args.duration)?;
+    eprintln!("{}; streaming (Ctrl-C to stop)", session.attached_line());
+    let (probes, mut rx, cancel, reader) = session.into_parts();
 
     let format = if args.json {
         Format::Json
@@ -138,7 +86,11 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     );
     let mut summary = Summary::default();
     printer.header().map_err(StreamError::Output)?;
-    let result = pump(&probes, &mut printer, &mut rx, &mut summary, &cancel).await;
+    let view = View {
+        states: args.filter.wants(EventType::State),
+        closes: args.filter.wants(EventType::Close),
+    };
+    let result = pump(&probes, &mut printer, &mut rx, &mut summary, view, &cancel).await;
     cancel.cancel();
     // The reader drains what is left after cancellation; keep consuming until it is done.
     let drained = match result {
@@ -148,6 +100,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
                 &mut printer,
                 &mut rx,
                 &mut summary,
+                view,
                 &CancellationToken::new(),
             )
             .await
@@ -155,9 +108,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         Err(e) => Err(e),
     };
     drop(rx);
-    let read = reader
-        .await
-        .map_err(|e| StreamError::Reader(io::Error::other(e)))?;
+    let read = Session::join_reader(reader).await;
     let _ = probes.observe_losses(&mut summary.losses);
     let tail = report_losses(&mut printer, &mut summary.losses).and_then(|()| printer.flush());
     eprintln!("{}", summary.line());
@@ -166,8 +117,15 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(StreamError::Output(e)),
         _ => {}
     }
-    read.map_err(StreamError::Reader)?;
+    read?;
     Ok(summary)
+}
+
+/// Which records of state events the user asked for.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    states: bool,
+    closes: bool,
 }
 
 /// Prints batches until the channel closes (or output fails), reporting losses as they grow.
@@ -176,6 +134,7 @@ async fn pump<W: Write>(
     printer: &mut Printer<W>,
     rx: &mut mpsc::Receiver<Batch>,
     summary: &mut Summary,
+    view: View,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
     let mut loss_check = tokio::time::interval(LOSS_CHECK);
@@ -187,7 +146,17 @@ async fn pump<W: Write>(
                     match item {
                         Ok(ev) => {
                             summary.count(&ev);
-                            printer.print(&Record::Event(ev))?;
+                            let is_state = matches!(ev.detail, Detail::State { .. });
+                            let rec = Record::Event(ev);
+                            if !is_state || view.states {
+                                printer.print(&rec)?;
+                            }
+                            if let Record::Event(ev) = rec
+                                && view.closes
+                                && ev.close.is_some()
+                            {
+                                printer.print(&Record::Close(ev))?;
+                            }
                         }
                         Err(_) => summary.losses.add(LossCause::Decode, 1),
                     }

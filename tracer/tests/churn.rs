@@ -28,7 +28,7 @@ fn full_rate_churn_is_accounted_exactly() {
     }
     let port = port();
     let p = port.to_string();
-    let tracer = Tracer::start(&["--port", &p]);
+    let tracer = Tracer::start(&["--port", &p, "--type", "state"]);
     let (pid, summary) = loadgen(
         &[],
         &[
@@ -54,7 +54,15 @@ fn full_rate_churn_is_accounted_exactly() {
         "churn too slow to mean anything: {summary}"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let run = tracer.stop();
+    let run = tracer.stop_slim(&[
+        "type",
+        "sk",
+        "pid",
+        "old_state",
+        "new_state",
+        "sport",
+        "dport",
+    ]);
     let stop = run.stderr.lines().last().unwrap_or_default().to_owned();
     eprintln!("churn: {summary}; {stop}");
 

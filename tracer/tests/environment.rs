@@ -98,7 +98,9 @@ fn duration_stops_with_a_summary() {
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     let summary = stderr.lines().last().unwrap();
     assert!(
-        summary.starts_with("tracer: 0 events (state 0, retransmit 0); lost 0 ("),
+        summary.starts_with(
+            "tracer: 0 events (state 0, retransmit 0, connections closed 0); lost 0 ("
+        ),
         "{summary}"
     );
     assert!(

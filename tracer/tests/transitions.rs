@@ -131,9 +131,14 @@ fn orderly_client_first(addr: &str, family: u64) {
         );
     }
     assert_eq!(
-        run.events.len(),
+        run.of_type("state").len(),
         2 + 10 * CLIENTS,
         "exactly ten transitions per connection"
+    );
+    assert_eq!(
+        run.of_type("close").len(),
+        2 * CLIENTS,
+        "one close record per socket"
     );
 }
 
@@ -442,7 +447,7 @@ fn human_columns() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
     assert!(lines[0].starts_with("TIME(UTC)"));
     assert!(
         lines[1].contains(&format!(" {pid} ")) && lines[1].contains("CLOSE -> SYN_SENT"),
@@ -453,5 +458,10 @@ fn human_columns() {
         lines[2].contains(&format!("127.0.0.1:{port}")) && lines[2].contains("SYN_SENT -> CLOSE"),
         "{}",
         lines[2]
+    );
+    assert!(
+        lines[3].contains(&format!(" {pid} ")) && lines[3].contains("CLOSED refused tx=0 rx=0"),
+        "{}",
+        lines[3]
     );
 }

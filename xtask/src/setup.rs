@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("bpftool", "bpftool"),
     ("tcpstates", "libbpf-tools"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 const NIGHTLY: &str = "nightly";

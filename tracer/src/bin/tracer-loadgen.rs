@@ -13,6 +13,7 @@
 //! - `refused` – connect attempts against a closed port.
 //! - `churn`   – in-process listener + clients, maximum connection rate.
 //! - `hold`    – keep N established connections open until SIGTERM/stdin EOF.
+//! - `states`  – a known mix of states, held until stdin has a line or closes.
 
 #[path = "tracer-loadgen/churn.rs"]
 mod churn;
@@ -28,6 +29,8 @@ mod rt;
 mod server;
 #[path = "tracer-loadgen/sock.rs"]
 mod sock;
+#[path = "tracer-loadgen/states.rs"]
+mod states;
 
 use std::process::ExitCode;
 
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Refused(a) => client::run_refused(a),
         Command::Churn(a) => churn::run(a),
         Command::Hold(a) => hold::run(a),
+        Command::States(a) => states::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

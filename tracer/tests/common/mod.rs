@@ -74,11 +74,24 @@ impl Tracer {
     }
 
     pub fn start_with(base: &[&str], args: &[&str]) -> Self {
+        let all: Vec<&str> = base.iter().chain(args).copied().collect();
+        Self::start_in(&[], &all, "streaming")
+    }
+
+    /// Starts `prefix... tracer args...` and waits for a stderr line containing `marker`.
+    pub fn start_in(prefix: &[&str], args: &[&str], marker: &str) -> Self {
         let out =
             std::env::temp_dir().join(format!("tracer-test-{}-{}.out", std::process::id(), port()));
         let file = std::fs::File::create(&out).unwrap();
-        let mut child = Command::new(TRACER)
-            .args(base)
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(TRACER);
+                c
+            }
+            None => Command::new(TRACER),
+        };
+        let mut child = cmd
             .args(args)
             .stdout(file)
             .stderr(Stdio::piped())
@@ -99,7 +112,7 @@ impl Tracer {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    let ready = line.contains("streaming");
+                    let ready = line.contains(marker);
                     started.push(line);
                     if ready {
                         break;
@@ -119,8 +132,29 @@ impl Tracer {
         }
     }
 
+    /// The JSON lines printed so far (a partly written last line is left out).
+    pub fn json_lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        complete
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// SIGINT, then collect everything it printed.
-    pub fn stop(mut self) -> Run {
+    pub fn stop(self) -> Run {
+        self.stop_with(None)
+    }
+
+    /// Like [`Tracer::stop`], for big runs: keeps only these fields of each record and not the
+    /// raw text, so millions of events fit in memory.
+    pub fn stop_slim(self, keep: &[&str]) -> Run {
+        self.stop_with(Some(keep))
+    }
+
+    fn stop_with(mut self, keep: Option<&[&str]>) -> Run {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = wait_timeout(&mut self.child, Duration::from_secs(30)).expect("tracer exits");
@@ -129,13 +163,25 @@ impl Tracer {
             stderr.push('\n');
             stderr.push_str(&line);
         }
-        let stdout = std::fs::read_to_string(&self.out).unwrap();
+        let file = std::fs::File::open(&self.out).unwrap();
+        let mut stdout = String::new();
+        let mut events = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.unwrap();
+            if line.starts_with('{') {
+                let mut v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line}: {e}"));
+                if let (Some(keep), Some(map)) = (keep, v.as_object_mut()) {
+                    map.retain(|k, _| keep.contains(&k.as_str()));
+                }
+                events.push(v);
+            }
+            if keep.is_none() {
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+        }
         let _ = std::fs::remove_file(&self.out);
-        let events = stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
-            .collect();
         Run {
             events,
             stdout,
@@ -195,6 +241,8 @@ impl Run {
 pub struct Proc {
     pub child: Child,
     pub ready: String,
+    /// Closing it (see [`Proc::release`]) asks `hold`/`states` to let go of their sockets.
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
@@ -210,9 +258,11 @@ impl Proc {
         };
         let mut child = cmd
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn loadgen");
+        let stdin = child.stdin.take();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut ready = String::new();
         out.read_line(&mut ready).unwrap();
@@ -228,7 +278,13 @@ impl Proc {
         Self {
             child,
             ready: ready.trim().to_owned(),
+            stdin,
         }
+    }
+
+    /// Closes the process's stdin: `hold` and `states` release their sockets and exit.
+    pub fn release(&mut self) {
+        self.stdin = None;
     }
 
     pub fn pid(&self) -> u32 {

@@ -28,6 +28,30 @@ pub enum Command {
     Churn(ChurnArgs),
     /// Open N loopback connections (2N sockets) and keep them until told to stop.
     Hold(HoldArgs),
+    /// Build a known mix of states (ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, TIME_WAIT, pending
+    /// accepts) and hold it until stdin has a line or closes.
+    States(StatesArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatesArgs {
+    #[arg(long)]
+    pub addr: IpAddr,
+    /// 0 = ephemeral.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Connections of each kind.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub count: u64,
+    /// Connections left in the listen queue, never accepted.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub pending: u64,
+    /// Bytes sent each way on every ESTABLISHED pair.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=(64 << 20)))]
+    pub send: u64,
+    /// Safety bound: release everything after this many seconds.
+    #[arg(long, default_value_t = 600.0, value_parser = parse_secs)]
+    pub timeout_secs: f64,
 }
 
 /// How the client ends each connection.

@@ -4,6 +4,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod live;
+pub use live::{AgentArgs, LiveArgs, LogFormat, StatsArgs, TopArgs};
 use tracer_common::{AF_INET, AF_INET6, COMM_LEN, Config, EventKind, Filter, WakeupMode, state};
 
 #[derive(Debug, Parser)]
@@ -24,14 +27,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream TCP state transitions and retransmissions to stdout (the default).
+    /// Stream TCP state transitions, retransmissions and connection closes to stdout (the
+    /// default).
     Stream(StreamArgs),
+    /// Per-state connection counts (netstat/ss -s style), top processes, listeners and peers,
+    /// every --interval.
+    Stats(StatsArgs),
+    /// Live terminal dashboard
+    Top(TopArgs),
+    /// Long-running agent: Prometheus metrics on /metrics and the stats view on /stats.
+    Agent(AgentArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EventType {
     State,
     Retransmit,
+    /// Close records of connections (built from transitions into CLOSE).
+    Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,7 +173,7 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n.saturating_mul(mult)).map_err(|_| format!("`{s}` is larger than 2G"))
 }
 
-fn parse_ring_size(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if n < 4096 || !n.is_power_of_two() {
         return Err(format!(
@@ -219,7 +232,7 @@ impl FilterArgs {
             f.flags |= Filter::KIND;
             for t in &self.types {
                 let kind = match t {
-                    EventType::State => EventKind::State,
+                    EventType::State | EventType::Close => EventKind::State,
                     EventType::Retransmit => EventKind::Retransmit,
                 };
                 f.kinds |= 1 << kind as u32;
@@ -265,6 +278,10 @@ mod tests {
                 command: None,
                 stream,
             } => stream,
+            Cli {
+                command: Some(other),
+                ..
+            } => panic!("expected stream, got {other:?}"),
         }
     }
 
@@ -345,7 +362,7 @@ mod tests {
             &["--comm", ""],
             &["--addr", "999.1.1.1"],
             &["--state", "ESTAB"],
-            &["--type", "close"],
+            &["--type", "lifetime"],
             &["-4", "-6"],
             &["--duration", "0"],
             &["--duration", "soon"],

@@ -1,0 +1,269 @@
+//! The live connection table: one entry per full socket of the traced network namespace, with
+//! per-state, per-process and per-peer tallies kept up to date on every insert and removal, so
+//! queries never scan the table.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use tracer_common::state;
+
+use crate::event::Comm;
+
+/// Sockets learnt from transitions are keyed by kernel address; sockets learnt from a sock_diag
+/// dump (no kernel address there) by their socket cookie until a transition adopts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    Sk(u64),
+    Seed(u64),
+}
+
+/// A connection's 4-tuple, local side first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conn {
+    pub state: u8,
+    pub tuple: Tuple,
+    /// Owner's tgid, 0 when unknown.
+    pub pid: u32,
+    pub comm: Comm,
+    /// CLOCK_MONOTONIC ns of the first transition seen (0 for dumped sockets).
+    pub since_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last transition seen (0 for dumped sockets).
+    pub state_since_ns: u64,
+}
+
+/// Per-process connection tally.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcConns {
+    pub comm: Comm,
+    pub connections: u64,
+    /// Of which in CLOSE_WAIT (the application has not closed after the peer did).
+    pub close_wait: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    conns: HashMap<Key, Conn>,
+    /// Tuples of dumped sockets not yet adopted by a transition.
+    seeds: HashMap<Tuple, Vec<u64>>,
+    by_state: [u64; state::MAX_STATE as usize + 1],
+    procs: HashMap<u32, ProcConns>,
+    peers: HashMap<IpAddr, u64>,
+    /// Owners of listening sockets by local address.
+    listeners: HashMap<SocketAddr, (u32, Comm)>,
+    /// Entries refused because the table was full.
+    pub refused: u64,
+    pub capacity: usize,
+}
+
+/// Whether the connection has a remote peer worth tallying (not a listener).
+fn has_peer(c: &Conn) -> bool {
+    c.state != state::LISTEN && !c.tuple.remote.ip().is_unspecified()
+}
+
+impl Table {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn count(&self, st: u8) -> u64 {
+        self.by_state.get(usize::from(st)).copied().unwrap_or(0)
+    }
+
+    pub fn procs(&self) -> &HashMap<u32, ProcConns> {
+        &self.procs
+    }
+
+    pub fn peers(&self) -> &HashMap<IpAddr, u64> {
+        &self.peers
+    }
+
+    pub fn listener_owner(&self, local: &SocketAddr) -> Option<(u32, Comm)> {
+        self.listeners.get(local).copied().filter(|o| o.0 != 0)
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Conn> {
+        self.conns.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Conn)> {
+        self.conns.iter()
+    }
+
+    pub fn seeds(&self) -> usize {
+        self.seeds.values().map(Vec::len).sum()
+    }
+
+    fn tally(&mut self, c: &Conn, up: bool) {
+        let step = |v: &mut u64| {
+            if up {
+                *v += 1
+            } else {
+                *v = v.saturating_sub(1)
+            }
+        };
+        if let Some(v) = self.by_state.get_mut(usize::from(c.state)) {
+            step(v);
+        }
+        let p = self.procs.entry(c.pid).or_default();
+        if up {
+            p.comm = c.comm;
+        }
+        step(&mut p.connections);
+        if c.state == state::CLOSE_WAIT {
+            step(&mut p.close_wait);
+        }
+        if p.connections == 0 {
+            self.procs.remove(&c.pid);
+        }
+        if c.state == state::LISTEN {
+            if up {
+                self.listeners.insert(c.tuple.local, (c.pid, c.comm));
+            } else if self.listeners.get(&c.tuple.local).map(|o| o.0) == Some(c.pid) {
+                self.listeners.remove(&c.tuple.local);
+            }
+        }
+        if has_peer(c) {
+            let n = self.peers.entry(c.tuple.remote.ip()).or_default();
+            step(n);
+            if *n == 0 {
+                self.peers.remove(&c.tuple.remote.ip());
+            }
+        }
+    }
+
+    /// Inserts or replaces an entry. Returns false when the table is full.
+    pub fn put(&mut self, key: Key, conn: Conn) -> bool {
+        if let Some(old) = self.conns.remove(&key) {
+            self.tally(&old, false);
+        } else if self.conns.len() >= self.capacity {
+            self.refused += 1;
+            return false;
+        }
+        self.tally(&conn, true);
+        if let Key::Seed(cookie) = key {
+            self.seeds.entry(conn.tuple).or_default().push(cookie);
+        }
+        self.conns.insert(key, conn);
+        true
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<Conn> {
+        let old = self.conns.remove(key)?;
+        self.tally(&old, false);
+        if let Key::Seed(cookie) = key
+            && let Some(v) = self.seeds.get_mut(&old.tuple)
+        {
+            v.retain(|c| c != cookie);
+            if v.is_empty() {
+                self.seeds.remove(&old.tuple);
+            }
+        }
+        Some(old)
+    }
+
+    /// Removes one dumped socket with this tuple, if any: a transition now tracks it.
+    pub fn adopt_seed(&mut self, tuple: &Tuple) -> Option<Conn> {
+        if self.seeds.is_empty() {
+            return None;
+        }
+        let cookie = *self.seeds.get(tuple)?.last()?;
+        self.remove(&Key::Seed(cookie))
+    }
+
+    /// Drops every dumped socket (before a fresh dump replaces them).
+    pub fn clear_seeds(&mut self) {
+        let keys: Vec<u64> = self.seeds.values().flatten().copied().collect();
+        for cookie in keys {
+            self.remove(&Key::Seed(cookie));
+        }
+    }
+
+    /// Whether a transition-tracked socket has this tuple.
+    pub fn tracks_tuple(&self, tuple: &Tuple) -> bool {
+        self.conns
+            .iter()
+            .any(|(k, c)| matches!(k, Key::Sk(_)) && c.tuple == *tuple)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(st: u8, pid: u32, remote: &str) -> Conn {
+        Conn {
+            state: st,
+            tuple: Tuple {
+                local: "10.0.0.1:80".parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            },
+            pid,
+            comm: Comm::from("srv"),
+            since_ns: 0,
+            state_since_ns: 0,
+        }
+    }
+
+    #[test]
+    fn tallies_follow_inserts_replacements_and_removals() {
+        let mut t = Table::with_capacity(10);
+        assert!(t.put(Key::Sk(1), conn(state::ESTABLISHED, 7, "10.0.0.2:5000")));
+        assert!(t.put(Key::Sk(2), conn(state::CLOSE_WAIT, 7, "10.0.0.2:5001")));
+        assert!(t.put(Key::Sk(3), conn(state::LISTEN, 8, "0.0.0.0:0")));
+        assert_eq!(t.count(state::ESTABLISHED), 1);
+        assert_eq!(t.procs()[&7].connections, 2);
+        assert_eq!(t.procs()[&7].close_wait, 1);
+        assert_eq!(t.peers().len(), 1);
+        assert_eq!(t.peers()[&"10.0.0.2".parse::<IpAddr>().unwrap()], 2);
+        assert!(t.put(Key::Sk(2), conn(state::LAST_ACK, 7, "10.0.0.2:5001")));
+        assert_eq!(t.count(state::CLOSE_WAIT), 0);
+        assert_eq!(t.procs()[&7].close_wait, 0);
+        t.remove(&Key::Sk(1));
+        t.remove(&Key::Sk(2));
+        assert!(!t.procs().contains_key(&7));
+        assert!(t.peers().is_empty());
+        assert_eq!(t.count(state::LISTEN), 1);
+    }
+
+    #[test]
+    fn full_table_refuses_and_counts() {
+        let mut t = Table::with_capacity(1);
+        assert!(t.put(Key::Sk(1), conn(state::ESTABLISHED, 1, "10.0.0.2:1")));
+        assert!(!t.put(Key::Sk(2), conn(state::ESTABLISHED, 1, "10.0.0.2:2")));
+        assert_eq!((t.len(), t.refused), (1, 1));
+        // Replacing an existing entry is always possible.
+        assert!(t.put(Key::Sk(1), conn(state::FIN_WAIT1, 1, "10.0.0.2:1")));
+    }
+
+    #[test]
+    fn seeds_are_adopted_once_per_socket() {
+        let mut t = Table::with_capacity(10);
+        let c = conn(state::LISTEN, 1, "0.0.0.0:0");
+        t.put(Key::Seed(100), c.clone());
+        t.put(Key::Seed(101), c.clone());
+        assert_eq!(t.count(state::LISTEN), 2);
+        assert!(t.adopt_seed(&c.tuple).is_some());
+        assert_eq!((t.count(state::LISTEN), t.seeds()), (1, 1));
+        t.clear_seeds();
+        assert_eq!((t.len(), t.seeds()), (0, 0));
+    }
+}

@@ -1,0 +1,235 @@
+//! `tracer stats` against the real kernel: per-state counts equal `ss -tan` exactly, whether the
+//! sockets were created while the tracer watched (transitions) or before it started (the
+//! sock_diag snapshot); exact bytes per process; listeners' accept queues. Each test runs in its
+//! own network namespace, so only its own sockets count.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Netns, Proc, Tracer, kernel_available};
+use serde_json::Value;
+
+/// Per-state counts from `ss -tan` in the namespace, with netstat names.
+fn ss_counts(ns: &Netns) -> BTreeMap<String, u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ss", "-tan"])
+        .output()
+        .expect("ss");
+    assert!(out.status.success());
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let Some(st) = line.split_whitespace().next() else {
+            continue;
+        };
+        let name = match st {
+            "ESTAB" => "ESTABLISHED".to_owned(),
+            other => other
+                .replace('-', "_")
+                .replace("WAIT_1", "WAIT1")
+                .replace("WAIT_2", "WAIT2"),
+        };
+        *counts.entry(name).or_default() += 1;
+    }
+    counts
+}
+
+fn tracer_counts(stats: &Value) -> BTreeMap<String, u64> {
+    stats["states"]
+        .as_object()
+        .expect("states")
+        .iter()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits (bounded) for a report printed after `ss` ran whose counts equal ss's; the state is
+/// quiescent, so the first report after the `ss` call must already match.
+fn assert_matches_ss(tracer: &Tracer, ns: &Netns, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    while Instant::now() < deadline {
+        let seen = tracer.json_lines().len();
+        let ss = ss_counts(ns);
+        // Two reports later, at least one whole interval has passed since ss ran.
+        let wait = Instant::now() + Duration::from_secs(5);
+        while tracer.json_lines().len() < seen + 2 && Instant::now() < wait {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let lines = tracer.json_lines();
+        let report = lines.last().expect("a stats report").clone();
+        let ours = tracer_counts(&report);
+        if ours == ss {
+            return report;
+        }
+        last = (ours, ss);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: tracer {:?} != ss {:?}", last.0, last.1);
+}
+
+fn ready_json(p: &Proc) -> Value {
+    serde_json::from_str(p.ready.trim_start_matches("READY").trim()).expect("READY json")
+}
+
+#[test]
+fn counts_built_from_transitions_equal_ss() {
+    if !kernel_available("counts_built_from_transitions_equal_ss") {
+        return;
+    }
+    let ns = Netns::new("stx");
+    let tracer = Tracer::start_in(
+        &ns.exec(),
+        &[
+            "stats",
+            "--json",
+            "--interval",
+            "0.3",
+            "--sort",
+            "connections",
+        ],
+        "snapshot:",
+    );
+    let mut states = Proc::spawn(
+        &ns.exec(),
+        &[
+            "states",
+            "--addr",
+            "127.0.0.1",
+            "--count",
+            "5",
+            "--pending",
+            "3",
+            "--send",
+            "12345",
+        ],
+    );
+    let info = ready_json(&states);
+    let report = assert_matches_ss(&tracer, &ns, "after building the states");
+    let counts = tracer_counts(&report);
+    assert_eq!(counts["ESTABLISHED"], 2 * 5 + 2 * 3, "{counts:?}");
+    assert_eq!(counts["CLOSE_WAIT"], 5);
+    assert_eq!(counts["FIN_WAIT2"], 5);
+    assert_eq!(counts["TIME_WAIT"], 5);
+    assert_eq!(counts["LISTEN"], 1);
+
+    // One process holds everything and moved exactly these bytes (both ends are its own).
+    let pid = info["pid"].as_u64().unwrap();
+    let procs = report["processes"].as_array().unwrap();
+    let me = procs
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("pid {pid} missing from {procs:?}"));
+    assert_eq!(me["bytes_sent"], 2 * 5 * 12345, "{me}");
+    assert_eq!(me["bytes_received"], 2 * 5 * 12345, "{me}");
+    assert_eq!(me["close_wait"], 5, "{me}");
+    // 5 pairs, 5 CLOSE_WAIT, the 3 unaccepted connections (both ends: the server side is
+    // attributed to the listener's owner), and the listener.
+    assert_eq!(me["connections"], 2 * 5 + 5 + 2 * 3 + 1, "{me}");
+    let listeners = report["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 1, "{listeners:?}");
+    assert_eq!(listeners[0]["accept_queue"], 3);
+    assert_eq!(listeners[0]["pid"].as_u64(), Some(pid));
+    assert_eq!(report["tracking"]["unknown_sockets"], 0);
+
+    // Everything closes: the counts follow (TIME_WAITs of the closes included).
+    states.release();
+    assert!(states.wait().success());
+    let report = assert_matches_ss(&tracer, &ns, "after closing everything");
+    assert_eq!(
+        report["lost"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        0,
+        "{report}"
+    );
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+}
+
+#[test]
+fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
+    if !kernel_available("snapshot_of_thousands_of_existing_sockets_equals_ss") {
+        return;
+    }
+    let ns = Netns::new("sts");
+    let mut states = Proc::spawn(
+        &ns.exec(),
+        &[
+            "states",
+            "--addr",
+            "127.0.0.1",
+            "--count",
+            "1000",
+            "--pending",
+            "50",
+        ],
+    );
+    let info = ready_json(&states);
+    let tracer = Tracer::start_in(
+        &ns.exec(),
+        &[
+            "stats",
+            "--json",
+            "--interval",
+            "0.3",
+            "--sort",
+            "connections",
+        ],
+        "snapshot:",
+    );
+    assert!(
+        tracer
+            .started
+            .iter()
+            .any(|l| l.contains("snapshot: 3101 sockets, 2000 timewait")),
+        "{:?}",
+        tracer.started
+    );
+    let report = assert_matches_ss(&tracer, &ns, "snapshot");
+    let counts = tracer_counts(&report);
+    assert_eq!(counts["ESTABLISHED"], 2000 + 100);
+    // Owners of existing sockets come from /proc, as `ss -p` finds them.
+    let pid = info["pid"].as_u64().unwrap();
+    let me = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .cloned()
+        .expect("the workload's pid");
+    // Accepted sockets and clients have inodes; unaccepted server ends belong to the listener.
+    assert_eq!(me["connections"], 2000 + 1000 + 2 * 50 + 1, "{me}");
+    assert_eq!(me["close_wait"], 1000);
+    assert_eq!(report["tracking"]["from_dump"], 3101);
+
+    // Dumped sockets are adopted by their transitions: closing them all leaves exactly what ss
+    // sees.
+    states.release();
+    assert!(states.wait().success());
+    let report = assert_matches_ss(&tracer, &ns, "after the dumped sockets closed");
+    assert_eq!(report["tracking"]["from_dump"], 0, "{report}");
+    assert_eq!(report["tracking"]["unknown_sockets"], 0, "{report}");
+    tracer.stop();
+}
+
+#[test]
+fn bad_intervals_are_usage_errors() {
+    for bad in ["0", "-1", "abc", "100000"] {
+        let out = Command::new(common::TRACER)
+            .args(["stats", &format!("--interval={bad}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--interval {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--interval"), "{err}");
+    }
+}
