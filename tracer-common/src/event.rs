@@ -11,6 +11,14 @@ pub enum EventKind {
     State = 1,
     /// `tcp:tcp_retransmit_skb`.
     Retransmit = 2,
+    /// `tcp:tcp_send_reset`: this host sent a RST. `sk` is 0 when no socket matched the segment
+    /// (a port scan's probe); `new_state` is the socket's state, 0 when unknown.
+    ResetSent = 3,
+    /// `tcp:tcp_receive_reset`: a RST arrived on a socket.
+    ResetReceived = 4,
+    /// `tcp:tcp_retransmit_synack`: a listener (`sk`) retransmitted a SYN-ACK, so the handshake
+    /// has not completed. `sport` is the listening port, `daddr` the client.
+    SynackRetransmit = 5,
 }
 
 impl TryFrom<u8> for EventKind {
@@ -19,6 +27,9 @@ impl TryFrom<u8> for EventKind {
         match v {
             1 => Ok(Self::State),
             2 => Ok(Self::Retransmit),
+            3 => Ok(Self::ResetSent),
+            4 => Ok(Self::ResetReceived),
+            5 => Ok(Self::SynackRetransmit),
             other => Err(other),
         }
     }

@@ -42,6 +42,12 @@ static RETRANSMIT_LAYOUT: TpLayout = TpLayout::EMPTY;
 static SEND_LAYOUT: TpLayout = TpLayout::EMPTY;
 #[unsafe(no_mangle)]
 static RECV_LAYOUT: TpLayout = TpLayout::EMPTY;
+#[unsafe(no_mangle)]
+static SEND_RESET_LAYOUT: TpLayout = TpLayout::EMPTY;
+#[unsafe(no_mangle)]
+static RECEIVE_RESET_LAYOUT: TpLayout = TpLayout::EMPTY;
+#[unsafe(no_mangle)]
+static SYNACK_LAYOUT: TpLayout = TpLayout::EMPTY;
 /// Offsets in `struct sock` (from the kernel's BTF) for the nested-event catcher: family,
 /// sport (`skc_num`), dport (`skc_dport`, network order) and the addresses.
 #[unsafe(no_mangle)]
@@ -427,6 +433,94 @@ fn try_retransmit_nested(sk: u64, s: &mut Slot) -> Result<(), i64> {
     ev.old_state = st;
     ev.new_state = st;
     owner_from_map(ev);
+    emit(s)
+}
+
+// Anomaly signals. These fire only on resets and SYN-ACK retransmissions, never per transition.
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    classic(|s| try_signal(&ctx, s, &SEND_RESET_LAYOUT, EventKind::ResetSent));
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    classic(|s| try_signal(&ctx, s, &RECEIVE_RESET_LAYOUT, EventKind::ResetReceived));
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    classic(|s| try_signal(&ctx, s, &SYNACK_LAYOUT, EventKind::SynackRetransmit));
+    0
+}
+
+/// `sockaddr_in` / `sockaddr_in6` as newer `tcp_send_reset` stores its endpoints: family at +0,
+/// port (network order) at +2, IPv4 address at +4, IPv6 address at +8.
+const SOCKADDR_LEN: u16 = 28;
+
+/// One reset or SYN-ACK retransmission: its 4-tuple (local side first) and the socket's owner
+/// from the maps. Nothing is counted in the kernel; the detectors rate these in userspace.
+fn try_signal(
+    ctx: &TracePointContext,
+    s: &mut Slot,
+    l: &'static TpLayout,
+    kind: EventKind,
+) -> Result<(), i64> {
+    s.rec.copy(ctx.as_ptr() as *const u8, l)?;
+    let rec = &s.rec;
+    let ev = &mut s.ev;
+    *ev = RawEvent::zeroed();
+    let saddr = load(&l.saddr);
+    if saddr.size == SOCKADDR_LEN {
+        let daddr = load(&l.daddr);
+        let (so, d) = (usize::from(saddr.offset), usize::from(daddr.offset));
+        let family = rec.u16_at(so);
+        ev.family = family;
+        ev.sport = u16::from_be(rec.u16_at(so + 2));
+        ev.dport = u16::from_be(rec.u16_at(d + 2));
+        if family == AF_INET6 {
+            rec.bytes_at::<16>(so + 8, &mut ev.saddr);
+            rec.bytes_at::<16>(d + 8, &mut ev.daddr);
+        } else {
+            rec.bytes_at::<4>(so + 4, &mut ev.saddr);
+            rec.bytes_at::<4>(d + 4, &mut ev.daddr);
+        }
+    } else {
+        ev.family = rec.uint(&l.family) as u16;
+        ev.sport = rec.uint(&l.sport) as u16;
+        ev.dport = rec.uint(&l.dport) as u16;
+        fill_addrs(rec, l, ev.family, ev);
+    }
+    if ev.family != AF_INET && ev.family != AF_INET6 {
+        return Ok(());
+    }
+    ev.kind = kind as u8;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.sk = rec.uint(&l.skaddr);
+    let st = rec.uint(&l.state) as u8;
+    ev.old_state = st;
+    ev.new_state = st;
+    if kind == EventKind::SynackRetransmit {
+        // `sk` is the listener: its owner is recorded by port.
+        if let Some(o) = unsafe { LISTENERS.get(ev.sport) } {
+            ev.pid = o.pid;
+            ev.comm = o.comm;
+            ev.owner_src = OwnerSource::Listener as u8;
+        }
+    } else if ev.sk != 0
+        && let Some(e) = unsafe { SOCKS.get(ev.sk) }
+    {
+        ev.pid = e.pid;
+        ev.comm = e.comm;
+        ev.owner_src = e.owner_src;
+        ev.netns = e.netns;
+    }
+    // `sock_common` is shared by full, request and timewait sockets.
+    if ev.netns == 0 && ev.sk != 0 {
+        ev.netns = sock_netns(ev.sk);
+    }
     emit(s)
 }
 

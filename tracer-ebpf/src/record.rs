@@ -134,6 +134,23 @@ impl Record {
         }
     }
 
+    /// A native-order `u16` at a byte offset (inside a larger field such as a sockaddr).
+    #[inline(always)]
+    pub fn u16_at(&self, off: usize) -> u16 {
+        if off + 2 > MAX_RECORD {
+            return 0;
+        }
+        u16::from_ne_bytes([self.0[off], self.0[off + 1]])
+    }
+
+    /// Copies `N` bytes at a byte offset into the start of `out`.
+    #[inline(always)]
+    pub fn bytes_at<const N: usize>(&self, off: usize, out: &mut [u8; 16]) {
+        if N <= 16 && off + N <= MAX_RECORD {
+            out[..N].copy_from_slice(&self.0[off..off + N]);
+        }
+    }
+
     /// Copies a byte-array field (4 or 16 bytes) into the start of `out`.
     #[inline(always)]
     pub fn bytes(&self, f: &'static FieldLoc, out: &mut [u8; 16]) {

@@ -111,6 +111,21 @@ pub enum Detail {
         state: TcpState,
         err: Option<i32>,
     },
+    /// A reset or a SYN-ACK retransmission: input for the anomaly detectors only.
+    Signal {
+        kind: SignalKind,
+        /// The socket's state where the tracepoint reports it.
+        state: Option<TcpState>,
+    },
+}
+
+/// The anomaly signals the kernel reports besides transitions and retransmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignalKind {
+    ResetSent,
+    ResetReceived,
+    /// `sport` is the listening port, `daddr` the client that has not completed the handshake.
+    SynackRetransmit,
 }
 
 /// One decoded kernel event.
@@ -174,8 +189,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if family != AF_INET && family != AF_INET6 {
         return Err(DecodeError::Family(family));
     }
-    let old = TcpState::try_from(b[offset_of!(RawEvent, old_state)])?;
-    let new = TcpState::try_from(b[offset_of!(RawEvent, new_state)])?;
+    let is_signal = !matches!(kind, EventKind::State | EventKind::Retransmit);
+    // Signals carry a state only where the tracepoint has one (0 otherwise).
+    let raw_new = b[offset_of!(RawEvent, new_state)];
+    let (old, new) = if is_signal && raw_new == 0 {
+        (TcpState(state::CLOSE), TcpState(state::CLOSE))
+    } else {
+        (
+            TcpState::try_from(b[offset_of!(RawEvent, old_state)])?,
+            TcpState::try_from(raw_new)?,
+        )
+    };
     let src_raw = b[offset_of!(RawEvent, owner_src)];
     let source = OwnerSource::try_from(src_raw).map_err(DecodeError::OwnerSource)?;
     let pid = u32_at(b, offset_of!(RawEvent, pid));
@@ -185,6 +209,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         source,
     });
     let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
+    let signal_detail = |kind| Detail::Signal {
+        kind,
+        state: (raw_new != 0).then_some(new),
+    };
     let mut close = None;
     let detail = match kind {
         EventKind::State => {
@@ -211,6 +239,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             state: new,
             err: (err != 0).then_some(err),
         },
+        EventKind::ResetSent => signal_detail(SignalKind::ResetSent),
+        EventKind::ResetReceived => signal_detail(SignalKind::ResetReceived),
+        EventKind::SynackRetransmit => signal_detail(SignalKind::SynackRetransmit),
     };
     Ok(Event {
         ts_ns: u64_at(b, offset_of!(RawEvent, ts_ns)),
@@ -368,6 +399,35 @@ pub(crate) mod tests {
         );
         raw.old_state = state::LISTEN;
         assert_eq!(decode(&encode(&raw)).unwrap().close, None);
+    }
+
+    #[test]
+    fn decodes_signals_with_and_without_state() {
+        let mut raw = raw_v4();
+        raw.kind = EventKind::ResetSent as u8;
+        raw.old_state = 0;
+        raw.new_state = 0;
+        raw.sk = 0;
+        let ev = decode(&encode(&raw)).unwrap();
+        assert_eq!(
+            ev.detail,
+            Detail::Signal {
+                kind: SignalKind::ResetSent,
+                state: None
+            }
+        );
+        raw.kind = EventKind::SynackRetransmit as u8;
+        raw.old_state = state::LISTEN;
+        raw.new_state = state::LISTEN;
+        assert_eq!(
+            decode(&encode(&raw)).unwrap().detail,
+            Detail::Signal {
+                kind: SignalKind::SynackRetransmit,
+                state: Some(TcpState(state::LISTEN))
+            }
+        );
+        raw.new_state = 99;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::State(99)));
     }
 
     #[test]

@@ -116,20 +116,38 @@ pub enum Tracepoint {
     TcpRetransmitSkb,
     SockSendLength,
     SockRecvLength,
+    /// The anomaly signals: optional, attached only when detection runs.
+    TcpSendReset,
+    TcpReceiveReset,
+    TcpRetransmitSynack,
 }
 
 impl Tracepoint {
-    pub const ALL: [Tracepoint; 4] = [
+    pub const ALL: [Tracepoint; 7] = [
         Self::InetSockSetState,
         Self::TcpRetransmitSkb,
         Self::SockSendLength,
         Self::SockRecvLength,
+        Self::TcpSendReset,
+        Self::TcpReceiveReset,
+        Self::TcpRetransmitSynack,
     ];
+
+    /// Whether this tracepoint only feeds anomaly detection.
+    pub const fn is_signal(self) -> bool {
+        matches!(
+            self,
+            Self::TcpSendReset | Self::TcpReceiveReset | Self::TcpRetransmitSynack
+        )
+    }
 
     pub const fn category(self) -> &'static str {
         match self {
             Self::InetSockSetState | Self::SockSendLength | Self::SockRecvLength => "sock",
-            Self::TcpRetransmitSkb => "tcp",
+            Self::TcpRetransmitSkb
+            | Self::TcpSendReset
+            | Self::TcpReceiveReset
+            | Self::TcpRetransmitSynack => "tcp",
         }
     }
 
@@ -140,6 +158,9 @@ impl Tracepoint {
             Self::TcpRetransmitSkb => "tcp_retransmit_skb",
             Self::SockSendLength => "sock_send_length",
             Self::SockRecvLength => "sock_recv_length",
+            Self::TcpSendReset => "tcp_send_reset",
+            Self::TcpReceiveReset => "tcp_receive_reset",
+            Self::TcpRetransmitSynack => "tcp_retransmit_synack",
         }
     }
 
@@ -150,6 +171,9 @@ impl Tracepoint {
             Self::TcpRetransmitSkb => "RETRANSMIT_LAYOUT",
             Self::SockSendLength => "SEND_LAYOUT",
             Self::SockRecvLength => "RECV_LAYOUT",
+            Self::TcpSendReset => "SEND_RESET_LAYOUT",
+            Self::TcpReceiveReset => "RECEIVE_RESET_LAYOUT",
+            Self::TcpRetransmitSynack => "SYNACK_LAYOUT",
         }
     }
 
@@ -189,15 +213,43 @@ impl Tracepoint {
             spec(Ret, &["ret"], &[4], true),
             spec(Flags, &["flags"], &[4], false),
         ];
+        // Both endpoints and the socket; `tcp_receive_reset` and `tcp_retransmit_synack`.
+        const TUPLE: &[Spec] = &[
+            spec(Skaddr, &["skaddr"], &[8], true),
+            spec(Sport, &["sport"], &[2], true),
+            spec(Dport, &["dport"], &[2], true),
+            spec(Family, &["family"], &[2], true),
+            spec(Saddr, &["saddr"], &[4], true),
+            spec(Daddr, &["daddr"], &[4], true),
+            spec(SaddrV6, &["saddr_v6"], &[16], true),
+            spec(DaddrV6, &["daddr_v6"], &[16], true),
+        ];
+        // Since 6.10 the endpoints are 28-byte sockaddrs (family, port and address inside);
+        // before, the same fields as `tcp_receive_reset`. `check_endpoints` requires one form.
+        const SEND_RESET: &[Spec] = &[
+            spec(Skaddr, &["skaddr"], &[8], true),
+            spec(State, &["state"], INT, false),
+            spec(Saddr, &["saddr"], &[4, SOCKADDR], true),
+            spec(Daddr, &["daddr"], &[4, SOCKADDR], true),
+            spec(Sport, &["sport"], &[2], false),
+            spec(Dport, &["dport"], &[2], false),
+            spec(Family, &["family"], &[2], false),
+            spec(SaddrV6, &["saddr_v6"], &[16], false),
+            spec(DaddrV6, &["daddr_v6"], &[16], false),
+        ];
         match self {
             Self::InetSockSetState => SET_STATE,
             Self::TcpRetransmitSkb => RETRANSMIT,
             Self::SockSendLength | Self::SockRecvLength => LENGTH,
+            Self::TcpSendReset => SEND_RESET,
+            Self::TcpReceiveReset | Self::TcpRetransmitSynack => TUPLE,
         }
     }
 }
 
 const INT: &[u16] = &[1, 2, 4];
+/// Size of a `sockaddr_in6`-sized endpoint field.
+const SOCKADDR: u16 = 28;
 
 #[derive(Clone, Copy)]
 enum Slot {
@@ -310,7 +362,40 @@ pub fn layout(tp: Tracepoint, format: &Format) -> Result<TpLayout, FormatError> 
         *slot_mut(&mut out, spec.slot) = loc;
     }
     out.copy_len = end as u16;
+    check_endpoints(tp, &out)?;
     Ok(out)
+}
+
+/// `tcp_send_reset` has either sockaddr endpoints (both 28 bytes) or the older separate fields
+/// (4-byte addresses plus ports, family and IPv6 addresses), never a mix.
+fn check_endpoints(tp: Tracepoint, l: &TpLayout) -> Result<(), FormatError> {
+    if tp != Tracepoint::TcpSendReset {
+        return Ok(());
+    }
+    if l.saddr.size != l.daddr.size {
+        return Err(FormatError::BadField {
+            tracepoint: tp.name(),
+            field: "daddr",
+            problem: format!("size {} but saddr has {}", l.daddr.size, l.saddr.size),
+        });
+    }
+    if l.saddr.size == SOCKADDR {
+        return Ok(());
+    }
+    let needed = [
+        ("sport", l.sport),
+        ("dport", l.dport),
+        ("family", l.family),
+        ("saddr_v6", l.saddr_v6),
+        ("daddr_v6", l.daddr_v6),
+    ];
+    match needed.iter().find(|(_, f)| !f.is_present()) {
+        Some((field, _)) => Err(FormatError::MissingField {
+            tracepoint: tp.name(),
+            field,
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -459,6 +544,73 @@ mod tests {
                 }
             );
             assert_eq!(l.copy_len, 28);
+        }
+    }
+
+    #[test]
+    fn send_reset_with_sockaddr_and_with_separate_fields() {
+        let new = layout(
+            Tracepoint::TcpSendReset,
+            &fixture("6.18/tcp_send_reset.format"),
+        )
+        .unwrap();
+        assert_eq!(
+            (new.saddr, new.daddr),
+            (
+                FieldLoc {
+                    offset: 32,
+                    size: 28
+                },
+                FieldLoc {
+                    offset: 60,
+                    size: 28
+                }
+            )
+        );
+        assert!(!new.sport.is_present() && !new.family.is_present());
+        assert_eq!(new.copy_len, 88);
+        let old = layout(
+            Tracepoint::TcpSendReset,
+            &fixture("variants/tcp_send_reset-6.1.format"),
+        )
+        .unwrap();
+        assert_eq!(old.saddr.size, 4);
+        assert_eq!(
+            old.family,
+            FieldLoc {
+                offset: 32,
+                size: 2
+            }
+        );
+        assert_eq!(old.daddr_v6.offset, 58);
+        // The old form without its family field is unusable.
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/formats/variants/tcp_send_reset-6.1.format",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let no_family: String = text
+            .lines()
+            .filter(|l| !l.contains(" family;"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            layout(Tracepoint::TcpSendReset, &parse(&no_family).unwrap()),
+            Err(FormatError::MissingField {
+                tracepoint: "tcp_send_reset",
+                field: "family"
+            })
+        );
+        for (tp, file) in [
+            (Tracepoint::TcpReceiveReset, "6.18/tcp_receive_reset.format"),
+            (
+                Tracepoint::TcpRetransmitSynack,
+                "6.18/tcp_retransmit_synack.format",
+            ),
+        ] {
+            let l = layout(tp, &fixture(file)).unwrap();
+            assert_eq!(l.skaddr, FieldLoc { offset: 8, size: 8 });
+            assert!(l.saddr_v6.is_present() && l.sport.is_present());
         }
     }
 

@@ -5,7 +5,9 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod anomaly;
 pub mod btf;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod close;

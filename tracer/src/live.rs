@@ -16,6 +16,7 @@ use crate::{
         Aggregator, Listener, MiniCounts,
         view::{ProcSort, Stats},
     },
+    anomaly::{Anomaly, Detector, Inputs, netstat::TcpExt},
     cli::Wakeup,
     clock::Clock,
     loss::{LossCause, LossTotals},
@@ -68,7 +69,24 @@ pub struct Live {
     pub events: u64,
     pub snapshot: SnapshotSummary,
     closed: bool,
+    tap: Option<Tap>,
+    /// Anomaly detection, fed every applied event (see [`Live::enable_detection`]).
+    pub detector: Option<Detector>,
 }
+
+/// What [`Live::next`] returns.
+pub enum Next {
+    /// A batch, already applied to the aggregator (and the detector).
+    Batch(Batch),
+    Deadline,
+    /// The session is over and everything queued has been applied.
+    Closed,
+}
+
+/// Sees every batch before the aggregator applies it, with the aggregator as it stands (so a
+/// state snapshot taken there matches the events that follow): `tracer record` and the
+/// agent's flight recorder.
+pub type Tap = Box<dyn FnMut(&Batch, &Aggregator) + Send>;
 
 /// Inode of the caller's network namespace (`/proc/self/ns/net` -> `net:[4026531840]`).
 pub fn own_netns() -> Option<u32> {
@@ -99,12 +117,22 @@ impl Live {
         let mut agg = Aggregator::new(opts.max_connections, own_netns());
         agg.seed(&socks, &owner_map);
         agg.set_listeners(listeners_of(&socks));
-        let count = |k| socks.iter().filter(|s| s.kind == k).count();
+        let (full, time_wait, request) = (
+            socks.iter().filter(|s| s.kind == SockKind::Full).count(),
+            socks
+                .iter()
+                .filter(|s| s.kind == SockKind::TimeWait)
+                .count(),
+            socks.iter().filter(|s| s.kind == SockKind::Request).count(),
+        );
+        let owners = owner_map.len();
+        drop((socks, owner_map));
+        release_freed_memory();
         let snapshot = SnapshotSummary {
-            full: count(SockKind::Full),
-            time_wait: count(SockKind::TimeWait),
-            request: count(SockKind::Request),
-            owners: owner_map.len(),
+            full,
+            time_wait,
+            request,
+            owners,
             elapsed: began.elapsed(),
         };
         eprintln!(
@@ -124,6 +152,8 @@ impl Live {
             events: 0,
             snapshot,
             closed: false,
+            tap: None,
+            detector: None,
         };
         live.refresh_kernel();
         Ok(live)
@@ -138,7 +168,7 @@ impl Live {
             }
             tokio::select! {
                 batch = self.rx.recv() => match batch {
-                    Some(batch) => self.apply(batch),
+                    Some(batch) => self.apply(&batch),
                     None => self.closed = true,
                 },
                 _ = tokio::time::sleep_until(deadline) => return true,
@@ -148,22 +178,125 @@ impl Live {
         }
     }
 
-    fn apply(&mut self, batch: Batch) {
+    pub fn set_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
+
+    fn apply(&mut self, batch: &Batch) {
+        if let Some(tap) = &mut self.tap {
+            tap(batch, &self.agg);
+        }
         for item in batch {
             match item {
                 Ok(ev) => {
                     self.events += 1;
-                    self.agg.apply(&ev);
+                    self.agg.apply(ev);
+                    if let Some(d) = &mut self.detector
+                        && self.agg.in_scope(ev)
+                    {
+                        d.observe(ev);
+                    }
                 }
                 Err(_) => self.losses.add(LossCause::Decode, 1),
             }
         }
     }
 
+    /// Like [`Live::run_until`], but hands each applied batch back (for commands that also
+    /// print the events).
+    pub async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+        loop {
+            if self.closed {
+                return Next::Closed;
+            }
+            tokio::select! {
+                batch = self.rx.recv() => match batch {
+                    Some(batch) => {
+                        self.apply(&batch);
+                        return Next::Batch(batch);
+                    }
+                    None => self.closed = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => return Next::Deadline,
+                _ = self.cancel.cancelled(), if !self.cancel.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// Turns anomaly detection on; detectors whose kernel signal is missing are noted.
+    pub fn enable_detection(&mut self, cfg: crate::anomaly::Config) {
+        use crate::{anomaly::Kind, format::Tracepoint};
+        let mut d = Detector::new(cfg);
+        for (tp, kind) in [
+            (Tracepoint::TcpRetransmitSynack, Kind::SynFlood),
+            (Tracepoint::TcpSendReset, Kind::ResetStorm),
+            (Tracepoint::TcpReceiveReset, Kind::ResetStorm),
+            (Tracepoint::TcpRetransmitSkb, Kind::RetransmitStorm),
+        ] {
+            if !self.probes.attached.contains(&tp) {
+                d.mark_unavailable(
+                    kind,
+                    format!(
+                        "runs without {}:{} (not attached)",
+                        tp.category(),
+                        tp.name()
+                    ),
+                );
+            }
+        }
+        self.detector = Some(d);
+    }
+
+    /// Runs the detectors once (call about every second): gathers what they need (TcpExt
+    /// counters; request or timewait dumps only when asked for) and returns the anomalies
+    /// raised or cleared.
+    pub async fn detect(&mut self) -> Vec<Anomaly> {
+        let Some(d) = &self.detector else {
+            return Vec::new();
+        };
+        let now = Clock::now_mono_ns();
+        let needs = d.needs(&self.agg, now);
+        let gathered = blocking(move || {
+            let dump = |want: bool, k: Kinds| want.then(|| snapshot::dump(k).ok()).flatten();
+            let requests = Kinds {
+                full: false,
+                time_wait: false,
+                request: true,
+            };
+            let time_wait = Kinds {
+                full: false,
+                time_wait: true,
+                request: false,
+            };
+            (
+                dump(needs.requests, requests),
+                dump(needs.time_wait, time_wait),
+                TcpExt::read(),
+                std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+            )
+        })
+        .await;
+        let Ok((requests, time_wait, netstat, max_tw_buckets)) = gathered else {
+            return Vec::new();
+        };
+        let inputs = Inputs {
+            netstat,
+            requests: requests.as_deref(),
+            time_wait: time_wait.as_deref(),
+            max_tw_buckets,
+        };
+        match &mut self.detector {
+            Some(d) => d.tick(now, &self.agg, &inputs),
+            None => Vec::new(),
+        }
+    }
+
     /// Applies everything queued now, without waiting.
     pub fn apply_pending(&mut self) {
         while let Ok(batch) = self.rx.try_recv() {
-            self.apply(batch);
+            self.apply(&batch);
         }
     }
 
@@ -172,6 +305,15 @@ impl Live {
         if let Ok(bytes) = self.probes.proc_bytes() {
             self.agg.set_proc_bytes(bytes);
         }
+        // Events carry the comm of the thread that was observed (`accept-0`); rows name the
+        // process. Read once per process; a process that has exited keeps its thread's comm.
+        let names = self.agg.unnamed_pids().into_iter().filter_map(|pid| {
+            let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+            Some((pid, crate::event::Comm::new(comm)))
+        });
+        let names: Vec<_> = names.collect();
+        self.agg.set_process_names(names);
         let _ = self.probes.observe_losses(&mut self.losses);
     }
 
@@ -201,12 +343,22 @@ impl Live {
         self.cancel.cancel();
         // Consume what the reader drains so it can finish.
         while let Some(batch) = self.rx.recv().await {
-            self.apply(batch);
+            self.apply(&batch);
         }
         if let Some(reader) = self.reader.take() {
             Session::join_reader(reader).await?;
         }
         Ok(())
+    }
+}
+
+/// The start-up dump of a busy host allocates tens of MiB that are freed at once; glibc keeps
+/// freed heap mapped unless asked, which would count against a long-running agent's RSS.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

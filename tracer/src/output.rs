@@ -27,12 +27,24 @@ pub enum Record {
         cause: LossCause,
         count: u64,
     },
+    /// An anomaly raised or cleared (see `crate::anomaly`).
+    Anomaly(crate::anomaly::Anomaly),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Human,
     Json,
+}
+
+/// JSON `type` of the anomaly signals (printed only when a consumer asks for them).
+pub fn signal_name(k: crate::event::SignalKind) -> &'static str {
+    use crate::event::SignalKind;
+    match k {
+        SignalKind::ResetSent => "reset_sent",
+        SignalKind::ResetReceived => "reset_received",
+        SignalKind::SynackRetransmit => "synack_retransmit",
+    }
 }
 
 pub fn owner_source_name(s: OwnerSource) -> &'static str {
@@ -178,6 +190,17 @@ impl<W: Write> Printer<W> {
             (Format::Human, Record::Event(ev)) => self.human_event(ev),
             (Format::Json, Record::Close(ev)) => self.json_close(ev),
             (Format::Human, Record::Close(ev)) => self.human_close(ev),
+            (Format::Json, Record::Anomaly(a)) => {
+                let v = a.to_json(rfc3339(self.clock.wall(a.ts_ns)));
+                serde_json::to_writer(&mut self.out, &v)?;
+                self.out.write_all(b"\n")
+            }
+            (Format::Human, Record::Anomaly(a)) => writeln!(
+                self.out,
+                "{} {}",
+                time_of_day(self.clock.wall(a.ts_ns)),
+                a.human()
+            ),
             (
                 Format::Json,
                 Record::Lost {
@@ -237,6 +260,10 @@ impl<W: Write> Printer<W> {
                 state = Some(s.name());
                 err = *e;
                 "retransmit"
+            }
+            Detail::Signal { kind, state: s } => {
+                state = s.map(|s| s.name());
+                signal_name(*kind)
             }
         };
         let rec = JsonEvent {
@@ -334,6 +361,13 @@ impl<W: Write> Printer<W> {
                 match err {
                     Some(e) => format!("RETRANSMIT {state} err={e}"),
                     None => format!("RETRANSMIT {state}"),
+                },
+                String::new(),
+            ),
+            Detail::Signal { kind, state } => (
+                match state {
+                    Some(s) => format!("{} {s}", signal_name(*kind).to_uppercase()),
+                    None => signal_name(*kind).to_uppercase(),
                 },
                 String::new(),
             ),

@@ -69,6 +69,9 @@ pub struct ProbeOptions {
     pub max_processes: u32,
     /// Attach `tcp_retransmit_skb`.
     pub retransmits: bool,
+    /// Attach the anomaly signals: `tcp_send_reset`, `tcp_receive_reset`,
+    /// `tcp_retransmit_synack`.
+    pub signals: bool,
 }
 
 impl Default for ProbeOptions {
@@ -80,6 +83,7 @@ impl Default for ProbeOptions {
             max_listeners: 8192,
             max_processes: 16_384,
             retransmits: true,
+            signals: false,
         }
     }
 }
@@ -114,6 +118,9 @@ fn feature_of(tp: Tracepoint) -> &'static str {
         Tracepoint::InetSockSetState => "state transitions",
         Tracepoint::TcpRetransmitSkb => "retransmits",
         Tracepoint::SockSendLength | Tracepoint::SockRecvLength => "owner learning from send/recv",
+        Tracepoint::TcpSendReset => "reset_storm detection of resets sent",
+        Tracepoint::TcpReceiveReset => "reset_storm detection of resets received",
+        Tracepoint::TcpRetransmitSynack => "syn_flood detection from SYN-ACK retransmits",
     }
 }
 
@@ -130,7 +137,9 @@ impl Probes {
         let mut layouts: Vec<(Tracepoint, TpLayout)> = Vec::new();
         let mut degraded = Vec::new();
         for tp in Tracepoint::ALL {
-            if tp == Tracepoint::TcpRetransmitSkb && !opts.retransmits {
+            if (tp == Tracepoint::TcpRetransmitSkb && !opts.retransmits)
+                || (tp.is_signal() && !opts.signals)
+            {
                 continue;
             }
             let layout = match tracefs.format(tp.category(), tp.name())? {

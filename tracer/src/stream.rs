@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{EventType, StreamArgs},
+    cli::{EventType, FilterArgs, StreamArgs},
     clock::Clock,
     event::{Detail, Event},
     loss::{LossCause, LossTotals},
@@ -28,6 +28,8 @@ pub enum StreamError {
     Session(#[from] SessionError),
     #[error("writing output: {0}")]
     Output(io::Error),
+    #[error(transparent)]
+    Live(#[from] crate::live::LiveError),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -39,10 +41,11 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn count(&mut self, ev: &Event) {
+    pub fn count(&mut self, ev: &Event) {
         match ev.detail {
             Detail::State { .. } => self.state_events += 1,
             Detail::Retransmit { .. } => self.retransmit_events += 1,
+            Detail::Signal { .. } => {}
         }
         self.closed_connections += u64::from(ev.close.is_some());
     }
@@ -86,10 +89,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     );
     let mut summary = Summary::default();
     printer.header().map_err(StreamError::Output)?;
-    let view = View {
-        states: args.filter.wants(EventType::State),
-        closes: args.filter.wants(EventType::Close),
-    };
+    let view = View::of(&args.filter);
     let result = pump(&probes, &mut printer, &mut rx, &mut summary, view, &cancel).await;
     cancel.cancel();
     // The reader drains what is left after cancellation; keep consuming until it is done.
@@ -123,9 +123,35 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
 
 /// Which records of state events the user asked for.
 #[derive(Debug, Clone, Copy)]
-struct View {
-    states: bool,
-    closes: bool,
+pub struct View {
+    pub states: bool,
+    pub closes: bool,
+}
+
+impl View {
+    pub fn of(filter: &FilterArgs) -> Self {
+        Self {
+            states: filter.wants(EventType::State),
+            closes: filter.wants(EventType::Close),
+        }
+    }
+}
+
+/// Prints one event as the stream does (also `tracer record --print` and `tracer replay`):
+/// the event unless only closes were asked for, then its close record.
+pub fn print_event<W: Write>(printer: &mut Printer<W>, ev: Event, view: View) -> io::Result<()> {
+    let is_state = matches!(ev.detail, Detail::State { .. });
+    let rec = Record::Event(ev);
+    if !is_state || view.states {
+        printer.print(&rec)?;
+    }
+    if let Record::Event(ev) = rec
+        && view.closes
+        && ev.close.is_some()
+    {
+        printer.print(&Record::Close(ev))?;
+    }
+    Ok(())
 }
 
 /// Prints batches until the channel closes (or output fails), reporting losses as they grow.
@@ -146,17 +172,7 @@ async fn pump<W: Write>(
                     match item {
                         Ok(ev) => {
                             summary.count(&ev);
-                            let is_state = matches!(ev.detail, Detail::State { .. });
-                            let rec = Record::Event(ev);
-                            if !is_state || view.states {
-                                printer.print(&rec)?;
-                            }
-                            if let Record::Event(ev) = rec
-                                && view.closes
-                                && ev.close.is_some()
-                            {
-                                printer.print(&Record::Close(ev))?;
-                            }
+                            print_event(printer, ev, view)?;
                         }
                         Err(_) => summary.losses.add(LossCause::Decode, 1),
                     }
@@ -175,7 +191,10 @@ async fn pump<W: Write>(
     }
 }
 
-fn report_losses<W: Write>(printer: &mut Printer<W>, losses: &mut LossTotals) -> io::Result<()> {
+pub(crate) fn report_losses<W: Write>(
+    printer: &mut Printer<W>,
+    losses: &mut LossTotals,
+) -> io::Result<()> {
     let now = Clock::now_mono_ns();
     for (cause, count) in losses.take_new() {
         printer.print(&Record::Lost {

@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpstates", "libbpf-tools"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("tmux", "tmux"),
 ];
 
 const NIGHTLY: &str = "nightly";

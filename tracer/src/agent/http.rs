@@ -46,6 +46,10 @@ pub enum Query {
     Health {
         reply: oneshot::Sender<()>,
     },
+    /// Write the flight recorder out: the dump's description, or why it failed.
+    FlightDump {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// Accepts connections until `cancel` fires.
@@ -124,6 +128,14 @@ async fn handle(
     queries: mpsc::Sender<Query>,
     default_top: usize,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST && req.uri().path() == "/flight/dump" {
+        let resp = match ask(&queries, |reply| Query::FlightDump { reply }).await {
+            Ok(Ok(done)) => text(StatusCode::OK, format!("{done}\n")),
+            Ok(Err(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+            Err(r) => r,
+        };
+        return Ok(resp);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut()

@@ -22,7 +22,12 @@ use super::{
     self_usage,
 };
 use crate::{
-    aggregate::view::ProcSort, clock::Clock, close::CloseEnd, live::Live, loss::LossCause,
+    aggregate::view::ProcSort,
+    anomaly::{Anomaly, Kind, Status},
+    clock::Clock,
+    close::CloseEnd,
+    live::Live,
+    loss::LossCause,
 };
 
 type FloatCounter = Counter<f64, AtomicU64>;
@@ -71,6 +76,11 @@ struct FeatureLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -106,6 +116,8 @@ pub struct Metrics {
     vsize: Gauge,
     fds: Gauge,
     start_time: FloatGauge,
+    anomalies: Family<KindLabel, Counter>,
+    anomalies_active: Family<KindLabel, Gauge>,
 }
 
 /// Advances a counter to an absolute total (totals never shrink; a smaller one is ignored).
@@ -132,6 +144,28 @@ fn state_name(s: u8) -> String {
 }
 
 impl Metrics {
+    /// Counts a raised anomaly.
+    pub fn observe_anomaly(&self, a: &Anomaly) {
+        if a.status == Status::Raised {
+            self.anomalies
+                .get_or_create(&KindLabel {
+                    kind: a.kind.name().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Sets the active-anomaly gauges (kinds absent from `active` have none).
+    pub fn set_active_anomalies(&self, active: &std::collections::BTreeMap<Kind, u64>) {
+        for k in Kind::ALL {
+            self.anomalies_active
+                .get_or_create(&KindLabel {
+                    kind: k.name().to_owned(),
+                })
+                .set(gauge(active.get(&k).copied().unwrap_or(0)));
+        }
+    }
+
     /// `top` bounds the per-command and per-listener label sets.
     pub fn new(top: usize) -> Self {
         let m = Self {
@@ -164,6 +198,8 @@ impl Metrics {
             vsize: Gauge::default(),
             fds: Gauge::default(),
             start_time: FloatGauge::default(),
+            anomalies: Family::default(),
+            anomalies_active: Family::default(),
         };
         m.register()
     }
@@ -181,6 +217,13 @@ impl Metrics {
             drop(self.closes.get_or_create(&EndLabel {
                 end: e.name().to_owned(),
             }));
+        }
+        for k in Kind::ALL {
+            let label = KindLabel {
+                kind: k.name().to_owned(),
+            };
+            drop(self.anomalies.get_or_create(&label));
+            drop(self.anomalies_active.get_or_create(&label));
         }
         for c in LossCause::ALL {
             drop(self.lost.get_or_create(&CauseLabel {
@@ -214,6 +257,16 @@ impl Metrics {
             self.start_time.clone(),
         );
         let t = r.sub_registry_with_prefix("tracer");
+        t.register(
+            "anomalies",
+            "Anomalies raised, by kind",
+            self.anomalies.clone(),
+        );
+        t.register(
+            "anomalies_active",
+            "Anomalies currently active, by kind",
+            self.anomalies_active.clone(),
+        );
         t.register(
             "build_info",
             "Version of the tracer agent (always 1)",

@@ -2,10 +2,12 @@
 //! session and answers the HTTP server's queries between batches of events, so every scrape
 //! sees the events applied up to that moment without locks around the aggregator.
 
+pub mod anomalies;
 pub mod bpf_stats;
 pub mod client;
 pub mod comm_slots;
 pub mod exposition;
+pub mod flight;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -38,7 +40,7 @@ pub enum AgentError {
     Live(#[from] LiveError),
 }
 
-pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
+pub async fn run(args: &AgentArgs, detection: crate::anomaly::Config) -> Result<(), AgentError> {
     logging::init(args.log_format)?;
     // Before attaching anything, so a taken port fails fast and leaves the kernel untouched.
     let listener = TcpListener::bind(args.metrics_addr)
@@ -54,8 +56,15 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
     } else {
         None
     };
-    let mut live = Live::start(&args.live.options(args.duration)).await?;
+    let mut opts = args.live.options(args.duration);
+    opts.probes.signals = detection.enabled;
+    let mut live = Live::start(&opts).await?;
     log_start(&live);
+    if detection.enabled {
+        live.enable_detection(detection);
+        anomalies::log_unavailable(&live);
+    }
+    let mut flight = flight::AgentFlight::start(&args.flight, &mut live);
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
     let mut metrics = Metrics::new(top);
     metrics.observe_refresh(&live, None);
@@ -65,17 +74,30 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
 
     let mut next_refresh = Instant::now() + args.refresh;
     let mut next_summary = Instant::now() + SUMMARY_EVERY;
+    let mut next_detect = Instant::now() + anomalies::DETECT_EVERY;
     loop {
-        let deadline = next_refresh.min(next_summary);
+        let deadline = next_refresh.min(next_summary).min(next_detect);
         // Dropping `run_until` when a query wins is safe: it only awaits the channel and a timer.
         let step = tokio::select! {
             running = live.run_until(deadline) => Step::Tick(running),
             Some(q) = queries.recv() => Step::Query(q),
+            () = async {
+                match &mut flight {
+                    Some(f) => f.signalled().await,
+                    None => std::future::pending().await,
+                }
+            } => Step::Dump("sigusr1"),
         };
         match step {
             Step::Query(q) => {
                 live.apply_pending();
-                answer(q, &live, &mut metrics);
+                answer(q, &live, &mut metrics, flight.as_ref());
+            }
+            Step::Dump(reason) => {
+                live.apply_pending();
+                if let Some(f) = &flight {
+                    let _ = f.dump(reason);
+                }
             }
             Step::Tick(false) => break,
             Step::Tick(true) => {
@@ -90,8 +112,22 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
                         }
                     };
                     metrics.observe_refresh(&live, Some((began.elapsed(), failed)));
-                    warn_new_losses(&mut live);
+                    let new = warn_new_losses(&mut live);
+                    if let Some(f) = &flight {
+                        f.lost(&live, &new);
+                    }
                     next_refresh = now + args.refresh;
+                }
+                if now >= next_detect {
+                    let active = |l: &Live| l.detector.as_ref().map_or(0, |d| d.active());
+                    let before = active(&live);
+                    anomalies::detect(&mut live, &metrics).await;
+                    if let Some(f) = &flight
+                        && active(&live) > before
+                    {
+                        let _ = f.dump("anomaly");
+                    }
+                    next_detect = now + anomalies::DETECT_EVERY;
                 }
                 if now >= next_summary {
                     log_summary(&live);
@@ -110,9 +146,11 @@ pub async fn run(args: &AgentArgs) -> Result<(), AgentError> {
 enum Step {
     Tick(bool),
     Query(Query),
+    /// Write the flight recorder out, for this reason.
+    Dump(&'static str),
 }
 
-fn answer(q: Query, live: &Live, metrics: &mut Metrics) {
+fn answer(q: Query, live: &Live, metrics: &mut Metrics, flight: Option<&flight::AgentFlight>) {
     // A dropped receiver means the client went away; nothing to do.
     match q {
         Query::Metrics { format, reply } => {
@@ -124,6 +162,12 @@ fn answer(q: Query, live: &Live, metrics: &mut Metrics) {
         }
         Query::Health { reply } => {
             let _ = reply.send(());
+        }
+        Query::FlightDump { reply } => {
+            let _ = reply.send(match flight {
+                Some(f) => f.dump("request"),
+                None => Err("the flight recorder is off; start the agent with --flight-dir".into()),
+            });
         }
     }
 }
@@ -149,8 +193,9 @@ fn log_start(live: &Live) {
     );
 }
 
-fn warn_new_losses(live: &mut Live) {
-    for (cause, n) in live.losses.take_new() {
+fn warn_new_losses(live: &mut Live) -> Vec<(crate::loss::LossCause, u64)> {
+    let new = live.losses.take_new();
+    for &(cause, n) in &new {
         warn!(
             cause = cause.name(),
             new = n,
@@ -159,6 +204,7 @@ fn warn_new_losses(live: &mut Live) {
             cause.describe()
         );
     }
+    new
 }
 
 fn log_summary(live: &Live) {

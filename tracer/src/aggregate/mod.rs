@@ -90,6 +90,8 @@ pub struct Aggregator {
     tw_since: VecDeque<u64>,
     listeners: Vec<Listener>,
     proc_bytes: HashMap<u32, ProcBytes>,
+    /// Process names (the main thread's comm), which the per-thread comms of events are not.
+    names: HashMap<u32, Comm>,
     inode_owners: HashMap<u64, (u32, Comm)>,
     pub transitions: BTreeMap<(u8, u8), u64>,
     pub retransmits: u64,
@@ -119,6 +121,7 @@ impl Aggregator {
             tw_since: VecDeque::new(),
             listeners: Vec::new(),
             proc_bytes: HashMap::new(),
+            names: HashMap::new(),
             inode_owners: HashMap::new(),
             transitions: BTreeMap::new(),
             retransmits: 0,
@@ -134,11 +137,13 @@ impl Aggregator {
         &self.table
     }
 
+    /// Whether the event belongs to the traced network namespace (or its namespace is unknown).
+    pub fn in_scope(&self, ev: &Event) -> bool {
+        self.netns.is_none_or(|ns| ev.netns == 0 || ev.netns == ns)
+    }
+
     pub fn apply(&mut self, ev: &Event) {
-        if let Some(ns) = self.netns
-            && ev.netns != 0
-            && ev.netns != ns
-        {
+        if !self.in_scope(ev) {
             self.other_netns += 1;
             return;
         }
@@ -148,6 +153,7 @@ impl Aggregator {
                 self.retransmits += 1;
                 return;
             }
+            Detail::Signal { .. } => return,
             Detail::State { old, new, .. } => (old.number(), new.number()),
         };
         *self.transitions.entry((old, new)).or_default() += 1;
@@ -252,6 +258,14 @@ impl Aggregator {
                 },
             );
         }
+        // Only listeners' owners are looked up later (their rows); the rest was for seeding.
+        let listening: HashSet<u64> = socks
+            .iter()
+            .filter(|s| s.kind == SockKind::Full && s.state == state::LISTEN)
+            .map(|s| s.inode)
+            .collect();
+        self.inode_owners.retain(|ino, _| listening.contains(ino));
+        self.inode_owners.shrink_to_fit();
         self.mini = MiniCounts::from_dump(socks);
         self.tw_since.clear();
     }
@@ -271,6 +285,40 @@ impl Aggregator {
 
     pub fn set_proc_bytes(&mut self, bytes: HashMap<u32, ProcBytes>) {
         self.proc_bytes = bytes;
+        self.name_proc_bytes();
+    }
+
+    /// The kernel records the comm of the first thread that moved bytes; show the process's.
+    fn name_proc_bytes(&mut self) {
+        for (pid, b) in self.proc_bytes.iter_mut() {
+            if let Some(name) = self.names.get(pid) {
+                b.comm = *name;
+            }
+        }
+    }
+
+    /// Processes with connections or bytes whose name is not known yet.
+    pub fn unnamed_pids(&self) -> Vec<u32> {
+        let active = self.table.procs().keys().chain(self.proc_bytes.keys());
+        active
+            .filter(|&&pid| pid != 0 && !self.names.contains_key(&pid))
+            .copied()
+            .collect()
+    }
+
+    /// Records process names, and forgets those of processes no longer active.
+    pub fn set_process_names(&mut self, found: impl IntoIterator<Item = (u32, Comm)>) {
+        self.names.extend(found);
+        self.name_proc_bytes();
+        if self.names.len() > 2 * (self.table.procs().len() + self.proc_bytes.len()) + 64 {
+            let (procs, bytes) = (self.table.procs(), &self.proc_bytes);
+            self.names
+                .retain(|pid, _| procs.contains_key(pid) || bytes.contains_key(pid));
+        }
+    }
+
+    pub fn process_name(&self, pid: u32) -> Option<Comm> {
+        self.names.get(&pid).copied()
     }
 
     pub fn proc_bytes(&self) -> &HashMap<u32, ProcBytes> {

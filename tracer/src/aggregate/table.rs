@@ -51,8 +51,11 @@ pub struct ProcConns {
 #[derive(Debug, Default)]
 pub struct Table {
     conns: HashMap<Key, Conn>,
-    /// Tuples of dumped sockets not yet adopted by a transition.
-    seeds: HashMap<Tuple, Vec<u64>>,
+    /// Tuples of dumped sockets not yet adopted by a transition, to their cookie. A tuple is
+    /// unique except for SO_REUSEPORT listeners, whose other cookies wait in `seed_dups`; one
+    /// entry per socket keeps a 100k-socket snapshot small.
+    seeds: HashMap<Tuple, u64>,
+    seed_dups: HashMap<Tuple, Vec<u64>>,
     by_state: [u64; state::MAX_STATE as usize + 1],
     procs: HashMap<u32, ProcConns>,
     peers: HashMap<IpAddr, u64>,
@@ -109,7 +112,7 @@ impl Table {
     }
 
     pub fn seeds(&self) -> usize {
-        self.seeds.values().map(Vec::len).sum()
+        self.seeds.len() + self.seed_dups.values().map(Vec::len).sum::<usize>()
     }
 
     fn tally(&mut self, c: &Conn, up: bool) {
@@ -160,7 +163,13 @@ impl Table {
         }
         self.tally(&conn, true);
         if let Key::Seed(cookie) = key {
-            self.seeds.entry(conn.tuple).or_default().push(cookie);
+            if let Some(&first) = self.seeds.get(&conn.tuple) {
+                if first != cookie {
+                    self.seed_dups.entry(conn.tuple).or_default().push(cookie);
+                }
+            } else {
+                self.seeds.insert(conn.tuple, cookie);
+            }
         }
         self.conns.insert(key, conn);
         true
@@ -169,15 +178,34 @@ impl Table {
     pub fn remove(&mut self, key: &Key) -> Option<Conn> {
         let old = self.conns.remove(key)?;
         self.tally(&old, false);
-        if let Key::Seed(cookie) = key
-            && let Some(v) = self.seeds.get_mut(&old.tuple)
-        {
-            v.retain(|c| c != cookie);
-            if v.is_empty() {
-                self.seeds.remove(&old.tuple);
-            }
+        if let Key::Seed(cookie) = *key {
+            self.unindex_seed(&old.tuple, cookie);
         }
         Some(old)
+    }
+
+    fn unindex_seed(&mut self, tuple: &Tuple, cookie: u64) {
+        let dups = self.seed_dups.get_mut(tuple);
+        if self.seeds.get(tuple) == Some(&cookie) {
+            // Promote a duplicate, if any, to the main index.
+            match dups.and_then(Vec::pop) {
+                Some(next) => {
+                    self.seeds.insert(*tuple, next);
+                }
+                None => {
+                    self.seeds.remove(tuple);
+                }
+            }
+        } else if let Some(v) = dups {
+            v.retain(|&c| c != cookie);
+        }
+        if self.seed_dups.get(tuple).is_some_and(Vec::is_empty) {
+            self.seed_dups.remove(tuple);
+        }
+        if self.seeds.is_empty() && self.seeds.capacity() > 1024 {
+            // Every dumped socket was adopted: give the snapshot's index back.
+            self.seeds.shrink_to_fit();
+        }
     }
 
     /// Removes one dumped socket with this tuple, if any: a transition now tracks it.
@@ -185,16 +213,23 @@ impl Table {
         if self.seeds.is_empty() {
             return None;
         }
-        let cookie = *self.seeds.get(tuple)?.last()?;
+        let cookie = *self.seeds.get(tuple)?;
         self.remove(&Key::Seed(cookie))
     }
 
     /// Drops every dumped socket (before a fresh dump replaces them).
     pub fn clear_seeds(&mut self) {
-        let keys: Vec<u64> = self.seeds.values().flatten().copied().collect();
+        let keys: Vec<u64> = self
+            .seeds
+            .values()
+            .chain(self.seed_dups.values().flatten())
+            .copied()
+            .collect();
         for cookie in keys {
             self.remove(&Key::Seed(cookie));
         }
+        self.seeds.shrink_to_fit();
+        self.seed_dups.shrink_to_fit();
     }
 
     /// Whether a transition-tracked socket has this tuple.

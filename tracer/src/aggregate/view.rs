@@ -174,6 +174,11 @@ impl Aggregator {
             r.bytes_sent = b.sent;
             r.bytes_received = b.received;
         }
+        for (pid, r) in rows.iter_mut() {
+            if let Some(name) = self.process_name(*pid) {
+                r.comm = name.to_string();
+            }
+        }
         top_n(rows.into_values(), top, |r| {
             let bytes = r.bytes_sent + r.bytes_received;
             let key = match sort {

@@ -134,5 +134,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECS", value_parser = super::parse_duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]
+    pub anomaly: super::AnomalyArgs,
+    #[command(flatten)]
+    pub flight: super::capture::FlightArgs,
+    #[command(flatten)]
     pub live: LiveArgs,
 }

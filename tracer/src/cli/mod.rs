@@ -5,7 +5,11 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod anomaly;
+pub mod capture;
 pub mod live;
+pub use anomaly::{AnomalyArgs, ConfigArgs};
+pub use capture::{ExportArgs, RecordArgs, ReplayArgs};
 pub use live::{AgentArgs, LiveArgs, LogFormat, StatsArgs, TopArgs};
 use tracer_common::{AF_INET, AF_INET6, COMM_LEN, Config, EventKind, Filter, WakeupMode, state};
 
@@ -37,6 +41,14 @@ pub enum Command {
     Top(TopArgs),
     /// Long-running agent: Prometheus metrics on /metrics and the stats view on /stats.
     Agent(AgentArgs),
+    /// Record everything the stream would print (plus state snapshots) to a capture file.
+    Record(RecordArgs),
+    /// Print a capture as the live commands would: the stream (columns or --json) or --stats.
+    Replay(ReplayArgs),
+    /// Convert a capture to JSON lines or CSV for other tools.
+    Export(ExportArgs),
+    /// Anomaly detection configuration: print the defaults or check a file.
+    Config(ConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,6 +57,8 @@ pub enum EventType {
     Retransmit,
     /// Close records of connections (built from transitions into CLOSE).
     Close,
+    /// Anomaly records (turns detection on).
+    Anomaly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +113,12 @@ pub struct StreamArgs {
     /// One JSON object per line instead of columns.
     #[arg(long)]
     pub json: bool,
+    /// Detect anomalies (CLOSE_WAIT leaks, SYN floods, ...) and print them as `anomaly`
+    /// records among the events. Aggregates every connection, as `stats` does.
+    #[arg(long)]
+    pub anomalies: bool,
+    #[command(flatten)]
+    pub anomaly: AnomalyArgs,
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -144,7 +164,7 @@ fn parse_state(s: &str) -> Result<u8, String> {
     })
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
@@ -234,6 +254,8 @@ impl FilterArgs {
                 let kind = match t {
                     EventType::State | EventType::Close => EventKind::State,
                     EventType::Retransmit => EventKind::Retransmit,
+                    // Detection clears the kind filter: it needs every kind.
+                    EventType::Anomaly => continue,
                 };
                 f.kinds |= 1 << kind as u32;
             }
@@ -247,6 +269,11 @@ impl FilterArgs {
 }
 
 impl StreamArgs {
+    /// Whether anomaly detection runs.
+    pub fn detects(&self) -> bool {
+        self.anomalies || self.anomaly.given() || self.filter.types.contains(&EventType::Anomaly)
+    }
+
     pub fn config(&self) -> Config {
         Config {
             filter: self.filter.to_filter(),

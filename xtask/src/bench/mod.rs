@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: overhead, per-event kernel cost, lost events and resource use of every
 //! tracing configuration, measured interleaved in one run so machine drift cancels out.
 
+mod http;
+mod latency;
+mod netns;
 mod procs;
 mod report;
+mod scale;
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +32,9 @@ pub struct BenchArgs {
     /// Skip the peers (libbpf-tools tcpstates and tcplife).
     #[arg(long)]
     pub no_peers: bool,
+    /// ESTABLISHED sockets held for the start-up and query measurements (0 skips them).
+    #[arg(long, default_value_t = 100_000)]
+    pub sockets: u64,
     /// Where to write the markdown report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
@@ -37,6 +44,9 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Config {
     Baseline,
+    Agent,
+    // `tracer record` goes here when it lands: a variant, its name and key, a `measure` arm
+    // starting it through `Traced`, and an entry in `run`'s list.
     StreamJsonNull,
     StreamJsonNullAdaptive,
     StreamJsonFile,
@@ -48,6 +58,7 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Self::Baseline => "untraced (baseline)",
+            Self::Agent => "tracer agent (defaults)",
             Self::StreamJsonNull => "tracer stream --json > /dev/null (batched wakeup, default)",
             Self::StreamJsonNullAdaptive => "tracer stream --json --wakeup adaptive > /dev/null",
             Self::StreamJsonFile => "tracer stream --json > file",
@@ -59,6 +70,7 @@ impl Config {
     pub fn key(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
+            Self::Agent => "agent",
             Self::StreamJsonNull => "stream_json_null",
             Self::StreamJsonNullAdaptive => "stream_json_null_adaptive",
             Self::StreamJsonFile => "stream_json_file",
@@ -72,6 +84,8 @@ impl Config {
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
     pub rate: f64,
+    /// `rate` over the baseline's in the same round.
+    pub ratio: Option<f64>,
     pub connections: f64,
     /// Kernel ns per run of the program handling state changes.
     pub ns_per_event: Option<f64>,
@@ -81,7 +95,7 @@ pub struct Sample {
     pub peak_rss_mib: Option<f64>,
 }
 
-fn bin(name: &str) -> String {
+pub fn bin(name: &str) -> String {
     root()
         .join("target/release")
         .join(name)
@@ -116,13 +130,19 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
     let file = scratch.join("stream.jsonl");
     let traced = match config {
         Config::Baseline => None,
-        Config::StreamJsonNull => Some(Traced::ours(&tracer, &["--json", "--port", &p], None)?),
-        Config::StreamJsonNullAdaptive => Some(Traced::ours(
+        // Metrics port below the churn's ports and the ephemeral range (32768..), so no
+        // connection holds it; the agent traces everything, as deployed.
+        Config::Agent => Some(Traced::agent(
+            &tracer,
+            ([127, 0, 0, 1], port - 1_000).into(),
+        )?),
+        Config::StreamJsonNull => Some(Traced::stream(&tracer, &["--json", "--port", &p], None)?),
+        Config::StreamJsonNullAdaptive => Some(Traced::stream(
             &tracer,
             &["--json", "--port", &p, "--wakeup", "adaptive"],
             None,
         )?),
-        Config::StreamJsonFile => Some(Traced::ours(
+        Config::StreamJsonFile => Some(Traced::stream(
             &tracer,
             &["--json", "--port", &p],
             Some(&file),
@@ -160,8 +180,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
+    // Before the churn, whose TIME_WAIT sockets would linger in the timings (they run in their
+    // own namespace, but share the host's CPUs and socket hash tables).
+    let scale = if args.sockets > 0 {
+        Some(scale::run(args.sockets, args.rounds)?)
+    } else {
+        None
+    };
+
     let mut configs = vec![
         Config::Baseline,
+        Config::Agent,
         Config::StreamJsonNull,
         Config::StreamJsonNullAdaptive,
         Config::StreamJsonFile,
@@ -172,6 +201,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
     let mut port = 31_000u16;
     for round in 0..args.rounds {
+        let mut baseline = None;
         for &config in &configs {
             port += 1;
             eprintln!(
@@ -180,8 +210,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 args.rounds,
                 config.name()
             );
-            let s = measure(config, args.secs, port, &scratch)
+            let mut s = measure(config, args.secs, port, &scratch)
                 .with_context(|| format!("measuring {}", config.name()))?;
+            if config == Config::Baseline {
+                baseline = Some(s.rate);
+            }
+            s.ratio = baseline.filter(|&b| b > 0.0).map(|b| s.rate / b);
             eprintln!(
                 "  {:.0} conn/s, kernel {:?} ns/event, lost {:?}",
                 s.rate, s.ns_per_event, s.lost
@@ -195,7 +229,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("batched", &["--wakeup", "batched"]),
     ]
     .iter()
-    .map(|(name, flags)| Ok((*name, procs::delivery_latency(&bin("tracer"), flags, 20)?)))
+    .map(|(name, flags)| Ok((*name, latency::delivery_latency(&bin("tracer"), flags, 20)?)))
     .collect::<Result<Vec<_>>>()?;
     let _ = std::fs::remove_dir_all(&scratch);
 
@@ -203,6 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args,
         samples: &samples,
         latency: &latency,
+        scale: scale.as_ref(),
         elapsed: started.elapsed(),
     };
     let md = report.markdown();

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpStream,
+    net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -34,10 +34,23 @@ impl Drop for BpfStats {
     }
 }
 
+/// Which tool a [`Traced`] is, and so how it reports its losses.
+enum Kind {
+    /// `tracer stream`: a `lost N` summary on stderr at exit.
+    Stream,
+    /// `tracer agent`: `tracer_lost_events_total` on its metrics endpoint.
+    Agent(SocketAddr),
+    /// libbpf-tools: `lost N events on CPU #C` lines on stderr.
+    Peer,
+}
+
+/// The agent's default `--refresh`: its loss counters are read from the kernel that often.
+const AGENT_REFRESH: Duration = Duration::from_secs(5);
+
 /// A tracing process running while the workload runs.
 pub struct Traced {
     child: Child,
-    ours: bool,
+    kind: Kind,
     stderr: mpsc::Receiver<String>,
     /// Ids of the BPF programs it loaded (those that appeared after it started).
     progs: Vec<u64>,
@@ -67,7 +80,7 @@ fn prog_ids() -> Result<Vec<u64>> {
         .collect())
 }
 
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let err = child.stderr.take().expect("piped stderr");
     std::thread::spawn(move || {
@@ -79,25 +92,36 @@ fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 impl Traced {
-    pub fn ours(tracer: &str, args: &[&str], out: Option<&Path>) -> Result<Self> {
-        let before = prog_ids()?;
+    /// `tracer stream ARGS`, stdout to `out` or /dev/null.
+    pub fn stream(tracer: &str, args: &[&str], out: Option<&Path>) -> Result<Self> {
         let stdout = match out {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::null(),
         };
-        let mut child = Command::new(tracer)
-            .arg("stream")
-            .args(args)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut cmd = Command::new(tracer);
+        cmd.arg("stream").args(args).stdout(stdout);
+        Self::ours(cmd, "streaming", Kind::Stream)
+    }
+
+    /// `tracer agent` with its defaults, serving on `addr`.
+    pub fn agent(tracer: &str, addr: SocketAddr) -> Result<Self> {
+        let mut cmd = Command::new(tracer);
+        cmd.args(["agent", "--metrics-addr", &addr.to_string()])
+            .stdout(Stdio::null());
+        Self::ours(cmd, "serving", Kind::Agent(addr))
+    }
+
+    /// Starts one of our commands and waits for the stderr line that says it is tracing.
+    fn ours(mut cmd: Command, ready: &str, kind: Kind) -> Result<Self> {
+        let before = prog_ids()?;
+        let mut child = cmd.stderr(Stdio::piped()).spawn()?;
         let stderr = stderr_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let line = stderr
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .context("tracer did not start")?;
-            if line.contains("streaming") {
+            if line.contains(ready) {
                 break;
             }
             if line.contains("error") {
@@ -107,7 +131,7 @@ impl Traced {
         let progs = new_progs(&before)?;
         Ok(Self {
             child,
-            ours: true,
+            kind,
             stderr,
             progs,
         })
@@ -130,7 +154,7 @@ impl Traced {
         let progs = new_progs(&before)?;
         Ok(Self {
             child,
-            ours: false,
+            kind: Kind::Peer,
             stderr,
             progs,
         })
@@ -142,6 +166,17 @@ impl Traced {
 
     /// Stops it (SIGINT) and returns the events it says it lost.
     pub fn stop(mut self) -> Result<f64> {
+        let mut lost = 0.0;
+        if let Kind::Agent(addr) = self.kind {
+            // Let one refresh read the kernel's counters for the last events, then scrape.
+            std::thread::sleep(AGENT_REFRESH + Duration::from_millis(300));
+            let (status, text) = super::http::get(addr, "/metrics", Duration::from_secs(10))
+                .context("scraping the agent's /metrics")?;
+            if status != 200 {
+                bail!("agent /metrics answered {status}: {}", text.trim());
+            }
+            lost = super::http::lost_from_metrics(&text);
+        }
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -152,12 +187,11 @@ impl Traced {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut lost = 0.0;
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(300)) {
-            lost += if self.ours {
-                ours_lost(&line)
-            } else {
-                peer_lost(&line)
+            lost += match self.kind {
+                Kind::Stream => ours_lost(&line),
+                Kind::Agent(_) => 0.0,
+                Kind::Peer => peer_lost(&line),
             };
         }
         Ok(lost)
@@ -258,48 +292,6 @@ impl Sampler {
             peak_rss_kib: peak_rss_kib(t.pid())?,
         })
     }
-}
-
-/// Milliseconds from a connect() on an idle host to its first event line on the tracer's stdout,
-/// for `samples` connects 200 ms apart. Returns the sorted latencies.
-pub fn delivery_latency(tracer: &str, flags: &[&str], samples: usize) -> Result<Vec<f64>> {
-    let port = 39_999u16;
-    let p = port.to_string();
-    let mut child = Command::new(tracer)
-        .args(["stream", "--json", "--port", &p])
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = stderr_lines(&mut child);
-    while !stderr
-        .recv_timeout(Duration::from_secs(30))
-        .context("tracer did not start")?
-        .contains("streaming")
-    {}
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send((Instant::now(), line));
-        }
-    });
-    let mut lat = Vec::new();
-    for _ in 0..samples {
-        std::thread::sleep(Duration::from_millis(200));
-        while rx.try_recv().is_ok() {}
-        let t0 = Instant::now();
-        let _ = TcpStream::connect(("127.0.0.1", port));
-        let (at, _) = rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("event never delivered")?;
-        lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
-    }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
-    lat.sort_by(f64::total_cmp);
-    Ok(lat)
 }
 
 #[cfg(test)]

@@ -1,0 +1,321 @@
+//! `tracer record -o FILE`: the stream's records (after the same kernel filter), in-band loss
+//! reports and periodic aggregation snapshots, written to a capture. With `--print` it also
+//! prints the stream, from the very records it writes, so the two can be compared exactly.
+
+use std::{
+    io::{self, BufWriter, Stdout},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use tokio::time::Instant as TokioInstant;
+
+use super::{
+    CaptureError, clock_now, header_now, raw,
+    records::Item,
+    state,
+    writer::{CaptureWriter, WriteStats, WriterOptions},
+};
+use crate::{
+    aggregate::Aggregator,
+    cli::{EventType, FilterArgs, RecordArgs},
+    clock::Clock,
+    live::{Live, LiveError},
+    loss::LossTotals,
+    output::{Format, Printer, Record},
+    reader::Batch,
+    stream::{self, Summary, View},
+};
+
+/// How often kernel loss counters are read (as the stream does).
+const LOSS_CHECK: Duration = Duration::from_millis(250);
+/// Payload size at which a block is sealed: large enough for zstd to find the repeats.
+pub const BLOCK_BYTES: usize = 256 << 10;
+/// At most one line per this interval about failing writes.
+const ERROR_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    #[error(
+        "{items} records in {blocks} blocks could not be written (first error: {first}); the \
+         capture holds the rest"
+    )]
+    Dropped {
+        items: u64,
+        blocks: u64,
+        first: String,
+    },
+}
+
+/// The recorder's side of the tap: everything the reader hands over goes to the writer (and
+/// to the printer with `--print`).
+struct Recorder {
+    writer: CaptureWriter,
+    printer: Option<Printer<BufWriter<Stdout>>>,
+    view: View,
+    filter: tracer_common::Filter,
+    summary: Summary,
+    /// Loss totals as last read, for snapshots taken inside the tap.
+    losses: LossTotals,
+    first_error: Option<String>,
+    last_report: Option<Instant>,
+}
+
+impl Recorder {
+    fn failed(&mut self, e: CaptureError) {
+        let text = e.to_string();
+        if self
+            .last_report
+            .is_none_or(|t| t.elapsed() >= ERROR_REPORT_EVERY)
+        {
+            eprintln!("tracer: capture: {text}; recording continues");
+            self.last_report = Some(Instant::now());
+        }
+        self.first_error.get_or_insert(text);
+    }
+
+    fn checked(&mut self, r: Result<(), CaptureError>) {
+        if let Err(e) = r {
+            self.failed(e);
+        }
+    }
+
+    fn print(&mut self, f: impl FnOnce(&mut Printer<BufWriter<Stdout>>) -> io::Result<()>) {
+        if let Some(p) = &mut self.printer
+            && let Err(e) = f(p)
+        {
+            // A closed pipe ends printing, never the recording.
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                eprintln!("tracer: --print: {e}; printing stops, recording continues");
+            }
+            self.printer = None;
+        }
+    }
+
+    fn snapshot(&mut self, agg: &Aggregator) {
+        let snap = state::snapshot(agg, &self.losses, Clock::now_mono_ns(), Some(&self.filter));
+        let r = self.writer.push(&Item::Snapshot(Box::new(snap)));
+        self.checked(r);
+    }
+
+    fn tap(&mut self, batch: &Batch, agg: &Aggregator) {
+        if self.writer.needs_rotation() {
+            let r = self.writer.rotate();
+            match r {
+                Ok(()) => {}
+                Err(e @ CaptureError::Io { .. }) => {
+                    // The next file could not be created: keep writing to the current one.
+                    self.failed(e);
+                }
+                Err(e) => self.failed(e),
+            }
+            // Every file starts with the state, so it replays on its own.
+            self.snapshot(agg);
+        }
+        let view = self.view;
+        for ev in batch.iter().flatten() {
+            self.summary.count(ev);
+            let r = self.writer.kernel(&raw::encode(ev));
+            self.checked(r);
+            if self.printer.is_some() {
+                let ev = ev.clone();
+                self.print(|p| stream::print_event(p, ev, view));
+            }
+        }
+        self.print(|p| p.flush());
+    }
+
+    fn lost(&mut self, losses: &mut LossTotals) {
+        self.losses = losses.clone();
+        let now = Clock::now_mono_ns();
+        for (cause, count) in losses.take_new() {
+            let item = Item::Lost {
+                ts_ns: now,
+                cause: cause.name().to_owned(),
+                count,
+            };
+            let r = self.writer.push(&item);
+            self.checked(r);
+            self.print(|p| {
+                p.print(&Record::Lost {
+                    ts_ns: now,
+                    cause,
+                    count,
+                })
+            });
+        }
+        self.print(|p| p.flush());
+    }
+}
+
+/// The filter flags, as `stream` would take them: the header says what was kept.
+fn describe_filter(f: &FilterArgs) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut flag = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            out.push(format!("--{name} {v}"));
+        }
+    };
+    flag("pid", f.pid.map(|p| p.to_string()));
+    flag(
+        "comm",
+        f.comm.map(|c| crate::event::Comm::new(&c).to_string()),
+    );
+    flag("port", f.port.map(|p| p.to_string()));
+    flag("lport", f.lport.map(|p| p.to_string()));
+    flag("rport", f.rport.map(|p| p.to_string()));
+    flag("addr", f.addr.map(|a| a.to_string()));
+    let states: Vec<&str> = f
+        .state
+        .iter()
+        .filter_map(|&s| tracer_common::state::name(s))
+        .collect();
+    flag("state", (!states.is_empty()).then(|| states.join(",")));
+    let types: Vec<String> = f
+        .types
+        .iter()
+        .map(|t| format!("{t:?}").to_lowercase())
+        .collect();
+    flag("type", (!types.is_empty()).then(|| types.join(",")));
+    if f.ipv4 {
+        out.push("-4".into());
+    }
+    if f.ipv6 {
+        out.push("-6".into());
+    }
+    out.join(" ")
+}
+
+pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
+    let (offset, clock) = clock_now();
+    let view = View::of(&args.filter);
+    let mut header = header_now("record", describe_filter(&args.filter), offset);
+    header.print_states = view.states;
+    header.print_closes = view.closes;
+    // Before attaching: an unwritable path fails here and leaves the kernel untouched.
+    let writer = CaptureWriter::create(
+        WriterOptions {
+            path: args.output.clone(),
+            max_size: args.max_size,
+            max_files: args.max_files,
+            fsync: args.fsync,
+            zstd_level: args.file.level(),
+            block_bytes: BLOCK_BYTES,
+        },
+        header,
+    )?;
+    let mut opts = args.live.options(args.duration);
+    opts.probes.config.filter = args.filter.to_filter();
+    // Close records count retransmissions too.
+    opts.probes.retransmits =
+        args.filter.wants(EventType::Retransmit) || args.filter.wants(EventType::Close);
+    let mut live = Live::start(&opts).await?;
+    let printer = args.print.then(|| {
+        let format = if args.json {
+            Format::Json
+        } else {
+            Format::Human
+        };
+        Printer::new(
+            BufWriter::with_capacity(1 << 16, io::stdout()),
+            format,
+            clock,
+        )
+    });
+    let rec = Arc::new(Mutex::new(Recorder {
+        writer,
+        printer,
+        view,
+        filter: args.filter.to_filter(),
+        summary: Summary::default(),
+        losses: LossTotals::default(),
+        first_error: None,
+        last_report: None,
+    }));
+    {
+        let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
+        r.print(|p| p.header());
+        // The start-up dump: the state the first records apply to.
+        r.snapshot(&live.agg);
+        eprintln!(
+            "tracer: recording to {} (Ctrl-C to stop)",
+            r.writer.current_path().display()
+        );
+    }
+    let tap_rec = Arc::clone(&rec);
+    live.set_tap(Box::new(move |batch, agg| {
+        tap_rec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tap(batch, agg);
+    }));
+
+    let now = TokioInstant::now();
+    let (mut next_loss, mut next_flush, mut next_snapshot) = (
+        now + LOSS_CHECK,
+        now + args.flush_interval,
+        now + args.snapshot_interval,
+    );
+    loop {
+        let running = live
+            .run_until(next_loss.min(next_flush).min(next_snapshot))
+            .await;
+        let now = TokioInstant::now();
+        if now >= next_snapshot
+            && let Err(e) = live.refresh().await
+        {
+            eprintln!("tracer: refresh failed; the snapshot keeps the previous counts: {e}");
+        }
+        let _ = live.probes.observe_losses(&mut live.losses);
+        let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
+        r.lost(&mut live.losses);
+        if now >= next_snapshot {
+            let at = Clock::now_mono_ns();
+            let refresh = state::refresh(&live.agg, &live.losses, at);
+            let w = r.writer.push(&Item::Refresh(Box::new(refresh)));
+            r.checked(w);
+            r.snapshot(&live.agg);
+            next_snapshot = now + args.snapshot_interval;
+        }
+        if now >= next_flush {
+            let w = r.writer.seal();
+            r.checked(w);
+            next_flush = now + args.flush_interval;
+        }
+        next_loss = now + LOSS_CHECK;
+        if !running {
+            break;
+        }
+    }
+    let _ = live.probes.observe_losses(&mut live.losses);
+    let mut losses = live.losses.clone();
+    // Stopping drains the ring through the tap.
+    live.stop().await?;
+    let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
+    r.lost(&mut losses);
+    let w = r.writer.finish();
+    r.checked(w);
+    r.summary.losses = losses;
+    eprintln!("{}", r.summary.line());
+    let s = r.writer.stats.clone();
+    eprintln!(
+        "tracer: recorded {} records in {} blocks, {} bytes in {} file(s), last {}",
+        s.items,
+        s.blocks,
+        s.bytes,
+        s.files,
+        r.writer.current_path().display()
+    );
+    if s.dropped_items > 0 || s.dropped_blocks > 0 {
+        return Err(RecordError::Dropped {
+            items: s.dropped_items,
+            blocks: s.dropped_blocks,
+            first: r.first_error.clone().unwrap_or_default(),
+        });
+    }
+    Ok(s)
+}
