@@ -46,6 +46,8 @@ pub struct LiveOptions {
     pub duration: Option<Duration>,
     /// Capacity of the userspace connection table.
     pub max_connections: usize,
+    /// Print start-up status lines on stderr (the agent logs them through `tracing` instead).
+    pub announce: bool,
 }
 
 /// What the start-up dump found.
@@ -107,8 +109,10 @@ impl Live {
     /// Attaches the programs, then dumps the sockets that already exist. Transitions that
     /// happen during the dump queue in the channel and are applied after it.
     pub async fn start(opts: &LiveOptions) -> Result<Self, LiveError> {
-        let session = Session::start(&opts.probes, opts.wakeup, opts.duration)?;
-        eprintln!("{}", session.attached_line());
+        let session = Session::start(&opts.probes, opts.wakeup, opts.duration, opts.announce)?;
+        if opts.announce {
+            eprintln!("{}", session.attached_line());
+        }
         let (probes, rx, cancel, reader) = session.into_parts();
         let began = Instant::now();
         let (socks, owner_map) =
@@ -135,13 +139,15 @@ impl Live {
             owners,
             elapsed: began.elapsed(),
         };
-        eprintln!(
-            "tracer: snapshot: {} sockets, {} timewait, {} half-open in {} ms",
-            snapshot.full,
-            snapshot.time_wait,
-            snapshot.request,
-            snapshot.elapsed.as_millis()
-        );
+        if opts.announce {
+            eprintln!(
+                "tracer: snapshot: {} sockets, {} timewait, {} half-open in {} ms",
+                snapshot.full,
+                snapshot.time_wait,
+                snapshot.request,
+                snapshot.elapsed.as_millis()
+            );
+        }
         let mut live = Self {
             probes,
             rx,

@@ -40,22 +40,23 @@ impl Session {
         opts: &ProbeOptions,
         wakeup: Wakeup,
         duration: Option<Duration>,
+        announce: bool,
     ) -> Result<Self, SessionError> {
         privileges::check()?;
         let mut probes = Probes::load(opts)?;
-        if probes.tracefs.mounted_by_us {
+        if announce && probes.tracefs.mounted_by_us {
             eprintln!(
                 "tracer: mounted tracefs on {}",
                 probes.tracefs.root().display()
             );
         }
-        for d in &probes.degraded {
+        for d in probes.degraded.iter().filter(|_| announce) {
             eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
         }
         let ring = probes.take_ring()?;
         // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
         let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
-        if seeded > 0 {
+        if announce && seeded > 0 {
             eprintln!("tracer: found the owners of {seeded} existing listening ports");
         }
         let cancel = CancellationToken::new();

@@ -73,7 +73,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
             || args.filter.wants(EventType::Close),
         ..ProbeOptions::default()
     };
-    let session = Session::start(&opts, args.wakeup, args.duration)?;
+    let session = Session::start(&opts, args.wakeup, args.duration, true)?;
     eprintln!("{}; streaming (Ctrl-C to stop)", session.attached_line());
     let (probes, mut rx, cancel, reader) = session.into_parts();
 

@@ -58,6 +58,7 @@ pub async fn run(args: &AgentArgs, detection: crate::anomaly::Config) -> Result<
     };
     let mut opts = args.live.options(args.duration);
     opts.probes.signals = detection.enabled;
+    opts.announce = false;
     let mut live = Live::start(&opts).await?;
     log_start(&live);
     if detection.enabled {
@@ -173,6 +174,9 @@ fn answer(q: Query, live: &Live, metrics: &mut Metrics, flight: Option<&flight::
 }
 
 fn log_start(live: &Live) {
+    if live.probes.tracefs.mounted_by_us {
+        info!(path = %live.probes.tracefs.root().display(), "mounted tracefs");
+    }
     let programs: Vec<&str> = live.probes.attached.iter().map(|tp| tp.name()).collect();
     info!(
         programs = %programs.join(","),

@@ -43,6 +43,7 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
         wakeup: args.wakeup,
         duration: args.duration,
         max_connections: MAX_CONNECTIONS,
+        announce: true,
     };
     let mut live = Live::start(&opts).await?;
     live.enable_detection(cfg);

@@ -51,6 +51,7 @@ impl LiveArgs {
             wakeup: self.wakeup,
             duration,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            announce: true,
         }
     }
 }
