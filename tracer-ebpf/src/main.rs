@@ -120,6 +120,21 @@ fn fill_from_sock(sk: u64, rec: &mut Record, ev: &mut RawEvent) -> Result<bool, 
     Ok(true)
 }
 
+/// Zeroes the event in place with word stores. A plain `*ev = RawEvent::zeroed()` becomes a
+/// call to a byte-wise `memset` subprogram that showed up as ~9% of the program's time in
+/// `perf`; volatile stores keep LLVM from merging them back into that call.
+#[inline(always)]
+fn clear(ev: &mut RawEvent) {
+    const WORDS: usize = RawEvent::SIZE / 8;
+    let p = ev as *mut RawEvent as *mut u64;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: RawEvent is 8-byte aligned plain data of WORDS words.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
 /// Runs a classic tracepoint program body with this CPU's scratch slot.
 #[inline(always)]
 fn classic(f: impl FnOnce(&mut Slot) -> Result<(), i64>) {
@@ -232,7 +247,7 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let ev = &mut s.ev;
-    *ev = RawEvent::zeroed();
+    clear(ev);
     ev.kind = EventKind::State as u8;
     ev.ts_ns = now;
     ev.sk = sk;
@@ -255,7 +270,7 @@ fn try_set_state_nested(sk: u64, old: u8, new: u8, s: &mut Slot) -> Result<(), i
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let ev = &mut s.ev;
-    *ev = RawEvent::zeroed();
+    clear(ev);
     if !fill_from_sock(sk, &mut s.rec, ev)? {
         return Ok(());
     }
@@ -386,7 +401,7 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         return Ok(());
     }
     let ev = &mut s.ev;
-    *ev = RawEvent::zeroed();
+    clear(ev);
     ev.kind = EventKind::Retransmit as u8;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.sk = sk;
@@ -423,7 +438,7 @@ fn try_retransmit_nested(sk: u64, s: &mut Slot) -> Result<(), i64> {
         return Err(-1);
     }
     let ev = &mut s.ev;
-    *ev = RawEvent::zeroed();
+    clear(ev);
     if !fill_from_sock(sk, &mut s.rec, ev)? {
         return Ok(());
     }
@@ -471,7 +486,7 @@ fn try_signal(
     s.rec.copy(ctx.as_ptr() as *const u8, l)?;
     let rec = &s.rec;
     let ev = &mut s.ev;
-    *ev = RawEvent::zeroed();
+    clear(ev);
     let saddr = load(&l.saddr);
     if saddr.size == SOCKADDR_LEN {
         let daddr = load(&l.daddr);
