@@ -45,8 +45,7 @@ pub struct BenchArgs {
 pub enum Config {
     Baseline,
     Agent,
-    // `tracer record` goes here when it lands: a variant, its name and key, a `measure` arm
-    // starting it through `Traced`, and an entry in `run`'s list.
+    Record,
     StreamJsonNull,
     StreamJsonNullAdaptive,
     StreamJsonFile,
@@ -59,6 +58,7 @@ impl Config {
         match self {
             Self::Baseline => "untraced (baseline)",
             Self::Agent => "tracer agent (defaults)",
+            Self::Record => "tracer record -o file (zstd, defaults)",
             Self::StreamJsonNull => "tracer stream --json > /dev/null (batched wakeup, default)",
             Self::StreamJsonNullAdaptive => "tracer stream --json --wakeup adaptive > /dev/null",
             Self::StreamJsonFile => "tracer stream --json > file",
@@ -71,6 +71,7 @@ impl Config {
         match self {
             Self::Baseline => "baseline",
             Self::Agent => "agent",
+            Self::Record => "record",
             Self::StreamJsonNull => "stream_json_null",
             Self::StreamJsonNullAdaptive => "stream_json_null_adaptive",
             Self::StreamJsonFile => "stream_json_file",
@@ -93,6 +94,8 @@ pub struct Sample {
     pub lost: Option<f64>,
     pub cpu_s_per_mevent: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// `tracer record`: capture bytes on disk per kernel event.
+    pub capture_bytes_per_event: Option<f64>,
 }
 
 pub fn bin(name: &str) -> String {
@@ -147,6 +150,11 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
             &["--json", "--port", &p],
             Some(&file),
         )?),
+        Config::Record => Some(Traced::record(
+            &tracer,
+            &scratch.join("capture.trc"),
+            &["--port", &p],
+        )?),
         Config::Tcpstates => Some(Traced::peer("tcpstates", &[])?),
         Config::Tcplife => Some(Traced::peer("tcplife", &[])?),
     };
@@ -166,8 +174,13 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
         sample.peak_rss_mib = Some(usage.peak_rss_kib / 1024.0);
         if usage.events > 0.0 {
             sample.cpu_s_per_mevent = Some(usage.cpu_s / usage.events * 1e6);
+            if config == Config::Record {
+                let bytes = std::fs::metadata(scratch.join("capture.trc"))?.len();
+                sample.capture_bytes_per_event = Some(bytes as f64 / usage.events);
+            }
         }
     }
+    let _ = std::fs::remove_file(scratch.join("capture.trc"));
     let _ = std::fs::remove_file(&file);
     Ok(sample)
 }
@@ -191,6 +204,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut configs = vec![
         Config::Baseline,
         Config::Agent,
+        Config::Record,
         Config::StreamJsonNull,
         Config::StreamJsonNullAdaptive,
         Config::StreamJsonFile,

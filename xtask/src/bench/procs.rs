@@ -103,6 +103,17 @@ impl Traced {
         Self::ours(cmd, "streaming", Kind::Stream)
     }
 
+    /// `tracer record -o FILE ARGS`: its exit summary has the same `lost N` as the stream's.
+    pub fn record(tracer: &str, file: &Path, args: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(tracer);
+        cmd.arg("record")
+            .arg("-o")
+            .arg(file)
+            .args(args)
+            .stdout(Stdio::null());
+        Self::ours(cmd, "recording to", Kind::Stream)
+    }
+
     /// `tracer agent` with its defaults, serving on `addr`.
     pub fn agent(tracer: &str, addr: SocketAddr) -> Result<Self> {
         let mut cmd = Command::new(tracer);

@@ -114,6 +114,13 @@ impl Report<'_> {
                 p(1.0)
             ));
         }
+        if let Some(samples) = self.samples.get(&Config::Record) {
+            md.push_str(&format!(
+                "\n## Capture size\n\n`tracer record` (zstd, columnar blocks) during the churn above: {} \
+                 bytes on disk per kernel event (transitions; the target is at most 16).\n",
+                cell(stats(samples.iter().map(|s| s.capture_bytes_per_event)), 2)
+            ));
+        }
         if let Some(scale) = self.scale {
             md.push_str(&scale_markdown(scale));
         }
@@ -138,6 +145,7 @@ impl Report<'_> {
                             "kernel_ns_per_event": s.ns_per_event, "events": s.events,
                             "lost": s.lost, "cpu_s_per_million_events": s.cpu_s_per_mevent,
                             "peak_rss_mib": s.peak_rss_mib,
+                            "capture_bytes_per_event": s.capture_bytes_per_event,
                         })
                     })
                     .collect();
