@@ -72,6 +72,11 @@ static SOCK_ERR: FieldLoc = FieldLoc::ABSENT;
 static SOCK_NET: FieldLoc = FieldLoc::ABSENT;
 #[unsafe(no_mangle)]
 static NET_INUM: FieldLoc = FieldLoc::ABSENT;
+/// `sk_buff.dev` and `net_device.nd_net.net`: the namespace of a packet that has no socket.
+#[unsafe(no_mangle)]
+static SKB_DEV: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static DEV_NET: FieldLoc = FieldLoc::ABSENT;
 
 /// Reads a small field of the socket beyond the copied prefix.
 #[inline(always)]
@@ -92,6 +97,26 @@ fn sock_netns(sk: u64) -> u32 {
     }
     match sock_read::<u64>(sk, &SOCK_NET) {
         Ok(net) if net != 0 => {
+            unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
+                .unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Inode of the network namespace of a packet's device, or 0 when unknown.
+#[inline(always)]
+fn skb_netns(skb: u64) -> u32 {
+    if skb == 0 {
+        return 0;
+    }
+    let dev = match sock_read::<u64>(skb, &SKB_DEV) {
+        Ok(d) if d != 0 => d,
+        _ => return 0,
+    };
+    let inum = load(&NET_INUM);
+    match sock_read::<u64>(dev, &DEV_NET) {
+        Ok(net) if net != 0 && inum.size == 4 => {
             unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
                 .unwrap_or(0)
         }
@@ -535,6 +560,9 @@ fn try_signal(
     // `sock_common` is shared by full, request and timewait sockets.
     if ev.netns == 0 && ev.sk != 0 {
         ev.netns = sock_netns(ev.sk);
+    }
+    if ev.netns == 0 {
+        ev.netns = skb_netns(s.rec.uint(&l.skbaddr));
     }
     emit(s)
 }

@@ -279,6 +279,10 @@ pub struct SockLayout {
     /// `skc_net.net` and `net.ns.inum`: the network namespace of a socket.
     pub net: tracer_common::FieldLoc,
     pub net_inum: tracer_common::FieldLoc,
+    /// `sk_buff.dev` and `net_device.nd_net.net`: the namespace of a packet without a socket.
+    /// Absent (size 0) when the kernel's BTF lacks them; such packets then have no namespace.
+    pub skb_dev: tracer_common::FieldLoc,
+    pub dev_net: tracer_common::FieldLoc,
 }
 
 pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
@@ -334,6 +338,8 @@ pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
         sk_err: loc(&["sk_err"], 4)?,
         net: loc(&["__sk_common", "skc_net", "net"], 8)?,
         net_inum: loc_in("net", &["ns", "inum"], 4)?,
+        skb_dev: loc_in("sk_buff", &["dev"], 8).unwrap_or(FieldLoc::ABSENT),
+        dev_net: loc_in("net_device", &["nd_net", "net"], 8).unwrap_or(FieldLoc::ABSENT),
     })
 }
 
@@ -469,6 +475,7 @@ mod tests {
         assert_eq!(layout.sk_err.size, 4);
         assert_eq!(layout.net.size, 8);
         assert_eq!(layout.net_inum.size, 4);
+        assert_eq!((layout.skb_dev.size, layout.dev_net.size), (8, 8));
         assert_eq!(
             btf.field("sock", &["__sk_common", "skc_v6_daddr"])
                 .unwrap()

@@ -30,11 +30,17 @@ impl Clock {
         }
     }
 
-    /// A clock whose wall time equals the monotonic time plus `offset_ns` (for tests).
+    /// A clock whose wall time equals the monotonic time plus `offset_ns` (a capture's stored
+    /// offset, or a test's).
     pub fn with_offset(offset_ns: u64) -> Self {
         Self {
             wall_minus_mono_ns: offset_ns,
         }
+    }
+
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, as taken: what a capture stores.
+    pub fn offset_ns(&self) -> u64 {
+        self.wall_minus_mono_ns
     }
 
     pub fn now_mono_ns() -> u64 {

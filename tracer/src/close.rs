@@ -54,6 +54,11 @@ impl CloseEnd {
         }
     }
 
+    /// The end whose [`CloseEnd::name`] this is (captures store closes by name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
     /// Classifies a transition `from -> CLOSE` with the socket's pending error `err`.
     pub fn classify(from: TcpState, err: i32) -> Self {
         match err {

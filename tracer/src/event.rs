@@ -46,8 +46,9 @@ impl std::fmt::Display for TcpState {
     }
 }
 
-/// A command name, stored inline (decoding allocates nothing per event).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// A command name, stored inline (decoding allocates nothing per event). Ordered as its text:
+/// the bytes past `len` are zero and those before it never are.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Comm {
     bytes: [u8; COMM_LEN],
     len: u8,
@@ -261,47 +262,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 pub(crate) mod tests {
     use super::*;
 
-    /// The bytes the kernel would write for `ev`, built field by field.
+    /// The bytes the kernel would write for `ev`.
     pub fn encode(ev: &RawEvent) -> Vec<u8> {
-        use std::mem::offset_of;
-        let mut b = vec![0u8; RawEvent::SIZE];
-        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
-        put(offset_of!(RawEvent, ts_ns), &ev.ts_ns.to_ne_bytes());
-        put(offset_of!(RawEvent, sk), &ev.sk.to_ne_bytes());
-        put(
-            offset_of!(RawEvent, duration_ns),
-            &ev.duration_ns.to_ne_bytes(),
-        );
-        put(offset_of!(RawEvent, saddr), &ev.saddr);
-        put(offset_of!(RawEvent, daddr), &ev.daddr);
-        put(offset_of!(RawEvent, comm), &ev.comm);
-        put(offset_of!(RawEvent, pid), &ev.pid.to_ne_bytes());
-        put(offset_of!(RawEvent, sport), &ev.sport.to_ne_bytes());
-        put(offset_of!(RawEvent, dport), &ev.dport.to_ne_bytes());
-        put(offset_of!(RawEvent, family), &ev.family.to_ne_bytes());
-        put(offset_of!(RawEvent, kind), &[ev.kind]);
-        put(offset_of!(RawEvent, old_state), &[ev.old_state]);
-        put(offset_of!(RawEvent, new_state), &[ev.new_state]);
-        put(offset_of!(RawEvent, owner_src), &[ev.owner_src]);
-        put(offset_of!(RawEvent, err), &ev.err.to_ne_bytes());
-        put(offset_of!(RawEvent, netns), &ev.netns.to_ne_bytes());
-        put(
-            offset_of!(RawEvent, bytes_sent),
-            &ev.bytes_sent.to_ne_bytes(),
-        );
-        put(
-            offset_of!(RawEvent, bytes_received),
-            &ev.bytes_received.to_ne_bytes(),
-        );
-        put(
-            offset_of!(RawEvent, lifespan_ns),
-            &ev.lifespan_ns.to_ne_bytes(),
-        );
-        put(
-            offset_of!(RawEvent, retransmits),
-            &ev.retransmits.to_ne_bytes(),
-        );
-        b
+        crate::capture::raw::to_bytes(ev).to_vec()
     }
 
     pub fn raw_v4() -> RawEvent {

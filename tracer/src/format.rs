@@ -228,6 +228,9 @@ impl Tracepoint {
         // before, the same fields as `tcp_receive_reset`. `check_endpoints` requires one form.
         const SEND_RESET: &[Spec] = &[
             spec(Skaddr, &["skaddr"], &[8], true),
+            // A reset answering a segment no socket owns (a port scan) has no `skaddr`: its
+            // network namespace comes from the packet's device.
+            spec(Skbaddr, &["skbaddr"], &[8], false),
             spec(State, &["state"], INT, false),
             spec(Saddr, &["saddr"], &[4, SOCKADDR], true),
             spec(Daddr, &["daddr"], &[4, SOCKADDR], true),

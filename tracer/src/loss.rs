@@ -56,6 +56,11 @@ impl LossCause {
         }
     }
 
+    /// The cause whose [`LossCause::name`] this is (captures store losses by name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// Whether the cause drops events (as opposed to degrading what they carry).
     pub fn drops_events(self) -> bool {
         matches!(

@@ -73,8 +73,9 @@ impl std::fmt::Display for Hex {
     }
 }
 
+/// The fields every event-based record starts with: what, when, which socket and whose.
 #[derive(Serialize)]
-struct JsonEvent<'a> {
+struct JsonIdent<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     time: Text<humantime::Rfc3339Timestamp>,
@@ -87,6 +88,12 @@ struct JsonEvent<'a> {
     sport: u16,
     daddr: IpAddr,
     dport: u16,
+}
+
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    #[serde(flatten)]
+    ident: JsonIdent<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     old_state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,18 +110,8 @@ struct JsonEvent<'a> {
 
 #[derive(Serialize)]
 struct JsonClose<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    time: Text<humantime::Rfc3339Timestamp>,
-    sk: Text<Hex>,
-    pid: Option<u32>,
-    comm: Option<&'a str>,
-    owner: &'static str,
-    family: u8,
-    saddr: IpAddr,
-    sport: u16,
-    daddr: IpAddr,
-    dport: u16,
+    #[serde(flatten)]
+    ident: JsonIdent<'a>,
     /// The state the connection closed from.
     state: &'static str,
     end: &'static str,
@@ -170,6 +167,10 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
 /// Milliseconds with microsecond resolution.
 fn ms(ns: u64) -> f64 {
     (ns / 1000) as f64 / 1000.0
+}
+
+fn ms_text(ns: u64) -> String {
+    format!("{:.3}", ms(ns))
 }
 
 impl<W: Write> Printer<W> {
@@ -242,6 +243,22 @@ impl<W: Write> Printer<W> {
         self.out
     }
 
+    fn ident<'e>(&self, kind: &'static str, ev: &'e Event) -> JsonIdent<'e> {
+        JsonIdent {
+            kind,
+            time: Text(humantime::format_rfc3339_micros(self.clock.wall(ev.ts_ns))),
+            sk: Text(Hex(ev.sk)),
+            pid: ev.owner.as_ref().map(|o| o.pid),
+            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
+            owner: owner_source_name(ev.owner.as_ref().map_or(OwnerSource::Unknown, |o| o.source)),
+            family: ev.family(),
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+        }
+    }
+
     fn json_event(&mut self, ev: &Event) -> io::Result<()> {
         let (mut old_state, mut new_state, mut duration_ms, mut state, mut err) =
             (None, None, None, None, None);
@@ -267,17 +284,7 @@ impl<W: Write> Printer<W> {
             }
         };
         let rec = JsonEvent {
-            kind,
-            time: Text(humantime::format_rfc3339_micros(self.clock.wall(ev.ts_ns))),
-            sk: Text(Hex(ev.sk)),
-            pid: ev.owner.as_ref().map(|o| o.pid),
-            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
-            owner: owner_source_name(ev.owner.as_ref().map_or(OwnerSource::Unknown, |o| o.source)),
-            family: ev.family(),
-            saddr: ev.saddr,
-            sport: ev.sport,
-            daddr: ev.daddr,
-            dport: ev.dport,
+            ident: self.ident(kind, ev),
             old_state,
             new_state,
             duration_ms,
@@ -292,17 +299,7 @@ impl<W: Write> Printer<W> {
     fn json_close(&mut self, ev: &Event) -> io::Result<()> {
         let Some(c) = &ev.close else { return Ok(()) };
         let rec = JsonClose {
-            kind: "close",
-            time: Text(humantime::format_rfc3339_micros(self.clock.wall(ev.ts_ns))),
-            sk: Text(Hex(ev.sk)),
-            pid: ev.owner.as_ref().map(|o| o.pid),
-            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
-            owner: owner_source_name(ev.owner.as_ref().map_or(OwnerSource::Unknown, |o| o.source)),
-            family: ev.family(),
-            saddr: ev.saddr,
-            sport: ev.sport,
-            daddr: ev.daddr,
-            dport: ev.dport,
+            ident: self.ident("close", ev),
             state: c.from.name(),
             end: c.end.name(),
             error: errno_name(c.err),
@@ -318,10 +315,6 @@ impl<W: Write> Printer<W> {
 
     fn human_close(&mut self, ev: &Event) -> io::Result<()> {
         let Some(c) = &ev.close else { return Ok(()) };
-        let (pid, comm) = match &ev.owner {
-            Some(o) => (o.pid.to_string(), o.comm.as_str()),
-            None => ("-".to_owned(), "-"),
-        };
         let what = format!(
             "CLOSED {} tx={} rx={} rtx={}",
             c.end.name(),
@@ -329,25 +322,14 @@ impl<W: Write> Printer<W> {
             c.bytes_received,
             c.retransmits
         );
-        writeln!(
-            self.out,
-            "{} {:<7} {:<16} {:<23} {:<23} {:<30} {}",
-            time_of_day(self.clock.wall(ev.ts_ns)),
-            pid,
-            comm,
-            endpoint(ev.saddr, ev.sport),
-            endpoint(ev.daddr, ev.dport),
-            what,
-            c.lifespan_ns
-                .map_or_else(|| "-".to_owned(), |d| format!("{:.3}", ms(d)))
+        self.human_line(
+            ev,
+            &what,
+            &c.lifespan_ns.map_or_else(|| "-".to_owned(), ms_text),
         )
     }
 
     fn human_event(&mut self, ev: &Event) -> io::Result<()> {
-        let (pid, comm) = match &ev.owner {
-            Some(o) => (o.pid.to_string(), o.comm.as_str()),
-            None => ("-".to_owned(), "-"),
-        };
         let (what, dur) = match &ev.detail {
             Detail::State {
                 old,
@@ -355,7 +337,7 @@ impl<W: Write> Printer<W> {
                 duration_ns,
             } => (
                 format!("{old} -> {new}"),
-                duration_ns.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", ms(d))),
+                duration_ns.map_or_else(|| "-".to_owned(), ms_text),
             ),
             Detail::Retransmit { state, err } => (
                 match err {
@@ -371,6 +353,15 @@ impl<W: Write> Printer<W> {
                 },
                 String::new(),
             ),
+        };
+        self.human_line(ev, &what, &dur)
+    }
+
+    /// One column line: time, owner, endpoints, what happened and a duration in ms.
+    fn human_line(&mut self, ev: &Event, what: &str, dur: &str) -> io::Result<()> {
+        let (pid, comm) = match &ev.owner {
+            Some(o) => (o.pid.to_string(), o.comm.as_str()),
+            None => ("-".to_owned(), "-"),
         };
         writeln!(
             self.out,

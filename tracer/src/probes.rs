@@ -197,6 +197,8 @@ impl Probes {
             loader.override_global("SOCK_ERR", &sock.sk_err, true);
             loader.override_global("SOCK_NET", &sock.net, true);
             loader.override_global("NET_INUM", &sock.net_inum, true);
+            loader.override_global("SKB_DEV", &sock.skb_dev, true);
+            loader.override_global("DEV_NET", &sock.dev_net, true);
         }
         let mut ebpf = loader.load(OBJECT)?;
 

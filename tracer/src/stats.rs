@@ -76,11 +76,7 @@ pub fn render_human(s: &Stats, at: SystemTime, sort: ProcSort) -> String {
     for (name, n) in s.states.iter().filter(|(_, n)| **n > 0) {
         let _ = writeln!(o, "  {name:<12} {n:>9}");
     }
-    let by = match sort {
-        ProcSort::Bytes => "bytes",
-        ProcSort::Connections => "connections",
-    };
-    let _ = writeln!(o, "Processes (by {by}):");
+    let _ = writeln!(o, "Processes (by {}):", sort.name());
     let _ = writeln!(
         o,
         "  {:<8} {:<16} {:>7} {:>10} {:>12} {:>12}",
@@ -136,6 +132,21 @@ pub fn render_human(s: &Stats, at: SystemTime, sort: ProcSort) -> String {
     o
 }
 
+/// Prints one report stamped now. `Ok(false)` when stdout is a closed pipe: the command ends.
+fn print_report(out: &mut impl Write, stats: &Stats, args: &StatsArgs) -> Result<bool, StatsError> {
+    let now = SystemTime::now();
+    let text = if args.json {
+        json_line(stats, now) + "\n"
+    } else {
+        render_human(stats, now, args.sort) + "\n"
+    };
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(StatsError::Output(e)),
+        Ok(()) => Ok(true),
+    }
+}
+
 pub async fn run(args: &StatsArgs) -> Result<(), StatsError> {
     if let Some(addr) = args.agent {
         return run_remote(addr, args).await;
@@ -149,17 +160,8 @@ pub async fn run(args: &StatsArgs) -> Result<(), StatsError> {
         let running = live.run_until(next).await;
         next += args.interval;
         live.refresh().await?;
-        let stats = live.stats(top, args.sort);
-        let now = SystemTime::now();
-        let text = if args.json {
-            json_line(&stats, now) + "\n"
-        } else {
-            render_human(&stats, now, args.sort) + "\n"
-        };
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(StatsError::Output(e)),
-            Ok(()) => {}
+        if !print_report(&mut out, &live.stats(top, args.sort), args)? {
+            break;
         }
         printed += 1;
         if !running || args.count.is_some_and(|c| printed >= c) {
@@ -178,16 +180,8 @@ async fn run_remote(addr: std::net::SocketAddr, args: &StatsArgs) -> Result<(), 
     let mut printed = 0u64;
     loop {
         let stats = crate::agent::client::stats(addr, top, args.sort).await?;
-        let now = SystemTime::now();
-        let text = if args.json {
-            json_line(&stats, now) + "\n"
-        } else {
-            render_human(&stats, now, args.sort) + "\n"
-        };
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(StatsError::Output(e)),
-            Ok(()) => {}
+        if !print_report(&mut out, &stats, args)? {
+            return Ok(());
         }
         printed += 1;
         if args.count.is_some_and(|c| printed >= c) {

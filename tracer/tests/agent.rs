@@ -13,16 +13,14 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{Netns, Proc, TRACER, kernel_available, loadgen, port, wait_timeout};
+use common::{
+    Netns, Proc, StderrLines, TRACER, ci, kernel_available, loadgen_at, port, tracer, wait_timeout,
+    wait_until,
+};
 use serde_json::Value;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
 
 /// Whether an external program is installed. Missing in CI is a failure, elsewhere a loud skip.
 fn tool_available(test: &str, tool: &str, package: &str) -> bool {
@@ -52,7 +50,7 @@ struct Agent {
     child: Child,
     addr: SocketAddr,
     ns: String,
-    stderr: mpsc::Receiver<String>,
+    stderr: StderrLines,
     log: Vec<String>,
 }
 
@@ -67,36 +65,21 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut agent = Self {
+            stderr: StderrLines::follow(&mut child),
             child,
             addr,
             ns: ns.name.clone(),
-            stderr: rx,
             log: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match agent.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains("serving /metrics");
-                    agent.log.push(line);
-                    if ready {
-                        return agent;
-                    }
-                }
-                Err(_) => panic!("agent did not start: {:?}", agent.log),
-            }
+        if agent
+            .stderr
+            .wait_for("serving /metrics", Duration::from_secs(30), &mut agent.log)
+            .is_none()
+        {
+            panic!("agent did not start: {:?}", agent.log);
         }
+        agent
     }
 
     fn connect(&self) -> Http {
@@ -108,9 +91,7 @@ impl Agent {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = wait_timeout(&mut self.child, Duration::from_secs(30)).expect("agent exits");
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-            self.log.push(line);
-        }
+        self.stderr.drain(&mut self.log);
         (status, self.log.join("\n"))
     }
 }
@@ -242,19 +223,15 @@ impl Samples {
 
 /// Scrapes until `done` holds (bounded).
 fn scrape_until(http: &mut Http, what: &str, done: impl Fn(&Samples) -> bool) -> Samples {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = http.metrics();
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            s.text
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let s = http.metrics();
+            if done(&s) { Ok(s) } else { Err(s) }
+        },
+        |s| format!("timed out waiting for {what}:\n{}", s.text),
+    )
 }
 
 const N: u64 = 20;
@@ -267,11 +244,8 @@ fn agent_exports_a_known_workload_exactly() {
     }
     let ns = Netns::new("agent");
     let agent = Agent::start(&ns, &["--bpf-stats"]);
-    let server_port = port().to_string();
-    let server = Proc::spawn(
-        &ns.exec(),
-        &["server", "--addr", "127.0.0.1", "--port", &server_port],
-    );
+    let server_port = port();
+    let server = Proc::spawn_at(&ns.exec(), "server", "127.0.0.1", server_port, &[]);
     let mut http = agent.connect();
     // The listener's and this connection's own transitions are applied within a drain period.
     let before = scrape_until(&mut http, "the listener and the scrape connection", |s| {
@@ -279,19 +253,12 @@ fn agent_exports_a_known_workload_exactly() {
             && s.get(r#"tracer_connections{state="ESTABLISHED"}"#) == 2.0
     });
 
-    let (client_pid, summary) = loadgen(
+    let (client_pid, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &server_port,
-            "--count",
-            &N.to_string(),
-            "--send",
-            &BYTES.to_string(),
-        ],
+        "client",
+        "127.0.0.1",
+        server_port,
+        &["--count", &N.to_string(), "--send", &BYTES.to_string()],
     );
     assert_eq!(summary["connected"].as_u64(), Some(N), "{summary}");
     let orderly = r#"tracer_closes_total{end="orderly"}"#;
@@ -340,30 +307,33 @@ fn agent_exports_a_known_workload_exactly() {
     assert!(after.get("process_resident_memory_bytes") > 0.0);
 
     // Per-process bytes come from the kernel map at each refresh (every second here).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let rows = loop {
-        let r = http.get("/stats?top=10000", "application/json");
-        assert_eq!(
-            (r.status, r.content_type.as_str()),
-            (200, "application/json")
-        );
-        let stats: Value = serde_json::from_str(&r.body).unwrap();
-        let rows = stats["processes"].as_array().unwrap().clone();
-        let bytes = |pid: u32, field: &str| {
-            rows.iter()
-                .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
-                .map_or(0, |p| p[field].as_u64().unwrap())
-        };
-        if bytes(client_pid, "bytes_sent") >= N * BYTES
-            && bytes(server.pid(), "bytes_received") >= N * BYTES
-        {
-            assert_eq!(bytes(client_pid, "bytes_sent"), N * BYTES);
-            assert_eq!(bytes(server.pid(), "bytes_received"), N * BYTES);
-            break rows;
-        }
-        assert!(Instant::now() < deadline, "bytes never arrived: {rows:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let rows = wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let r = http.get("/stats?top=10000", "application/json");
+            assert_eq!(
+                (r.status, r.content_type.as_str()),
+                (200, "application/json")
+            );
+            let stats: Value = serde_json::from_str(&r.body).unwrap();
+            let rows = stats["processes"].as_array().unwrap().clone();
+            let bytes = |pid: u32, field: &str| {
+                rows.iter()
+                    .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+                    .map_or(0, |p| p[field].as_u64().unwrap())
+            };
+            if bytes(client_pid, "bytes_sent") >= N * BYTES
+                && bytes(server.pid(), "bytes_received") >= N * BYTES
+            {
+                assert_eq!(bytes(client_pid, "bytes_sent"), N * BYTES);
+                assert_eq!(bytes(server.pid(), "bytes_received"), N * BYTES);
+                return Ok(rows);
+            }
+            Err(rows)
+        },
+        |rows| format!("bytes never arrived: {rows:?}"),
+    );
     let server_comm = rows
         .iter()
         .find(|p| p["pid"].as_u64() == Some(u64::from(server.pid())))
@@ -520,30 +490,33 @@ fn prometheus_scrapes_the_agent() {
     // reach Prometheus through scrapes.
     let listen = r#"tracer_connections{state="LISTEN"}"#;
     let mut http = agent.connect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ours = http.metrics().get(listen);
-        let theirs = query(&ns.name, prom_addr, listen);
-        let up = query(&ns.name, prom_addr, r#"up{job="tracer"}"#);
-        if ours == 2.0 && theirs == Some(ours) && up == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw LISTEN={ours} (it has {theirs:?}, up={up:?}); log:\n{}",
-            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let ours = http.metrics().get(listen);
+            let theirs = query(&ns.name, prom_addr, listen);
+            let up = query(&ns.name, prom_addr, r#"up{job="tracer"}"#);
+            if ours == 2.0 && theirs == Some(ours) && up == Some(1.0) {
+                Ok(())
+            } else {
+                Err((ours, theirs, up))
+            }
+        },
+        |(ours, theirs, up)| {
+            format!(
+                "Prometheus never saw LISTEN={ours} (it has {theirs:?}, up={up:?}); log:\n{}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            )
+        },
+    );
     // Counters arrive as counters: rate() over them works.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while query(&ns.name, prom_addr, "rate(tracer_events_total[10s])").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "no rate() of tracer_events_total"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || query(&ns.name, prom_addr, "rate(tracer_events_total[10s])").ok_or(()),
+        |()| "no rate() of tracer_events_total".to_owned(),
+    );
     drop(prom);
     drop(http);
     let (status, log) = agent.stop();
@@ -572,10 +545,7 @@ fn bad_agent_flags_are_usage_errors() {
 #[test]
 fn stats_from_a_missing_agent_is_a_clear_error() {
     // Port 1 on loopback: nothing listens there.
-    let out = Command::new(TRACER)
-        .args(["stats", "--agent", "127.0.0.1:1", "--count", "1"])
-        .output()
-        .unwrap();
+    let out = tracer(&["stats", "--agent", "127.0.0.1:1", "--count", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

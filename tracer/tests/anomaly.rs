@@ -5,15 +5,10 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
 /// Starts `tracer stream --json --type anomaly ARGS` inside `ns`.
 fn detector(ns: &Netns, args: &[&str]) -> Tracer {
@@ -37,21 +32,18 @@ fn wait_for(
     limit: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(a) = anomalies(t)
-            .into_iter()
-            .find(|a| a["kind"] == kind && a["status"] == status && pred(a))
-        {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} {kind} within {limit:?}; got {:#?}",
-            anomalies(t)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(
+        limit,
+        Duration::from_millis(250),
+        || {
+            let got = anomalies(t);
+            got.iter()
+                .find(|a| a["kind"] == kind && a["status"] == status && pred(a))
+                .cloned()
+                .ok_or(got)
+        },
+        |got| format!("no {status} {kind} within {limit:?}; got {got:#?}"),
+    )
 }
 
 #[test]
@@ -152,31 +144,18 @@ fn syn_flood_names_the_port_and_the_sources_with_default_thresholds() {
     }
     let ns = Netns::new("synflood");
     let port = port();
-    let p = port.to_string();
-    let server = Proc::spawn(&ns.exec(), &["server", "--addr", "127.0.0.1", "--port", &p]);
+    let server = Proc::spawn_at(&ns.exec(), "server", "127.0.0.1", port, &[]);
     let t = detector(&ns, &["--anomalies"]);
     // Handshakes never complete: the client's final ACK (and anything after it) is dropped.
-    ns.nft(&format!(
-        "table inet tracer_test {{\n chain inbound {{\n type filter hook input priority 0;\n \
-         tcp dport {port} tcp flags & (syn | ack) == ack drop\n }}\n}}\n"
-    ));
+    ns.drop_inbound(port, "tcp flags & (syn | ack) == ack");
     let started = Instant::now();
     // 1,500 handshakes over ~5 s: 300 a second, from 127.0.0.1.
-    let (_, summary) = loadgen(
+    let (_, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "1500",
-            "--threads",
-            "4",
-            "--pause-ms",
-            "10",
-        ],
+        "client",
+        "127.0.0.1",
+        port,
+        &["--count", "1500", "--threads", "4", "--pause-ms", "10"],
     );
     assert!(summary["connected"].as_u64().unwrap() > 0, "{summary}");
     let raised = wait_for(&t, "syn_flood", "raised", Duration::from_secs(20), |a| {
@@ -195,7 +174,7 @@ fn syn_flood_names_the_port_and_the_sources_with_default_thresholds() {
         "{raised}"
     );
     assert_eq!(ev["top_sources"][0]["addr"], "127.0.0.1", "{raised}");
-    ns.nft("delete table inet tracer_test");
+    ns.clear_drops();
     drop(server);
     let run = t.stop();
     assert!(run.status.success(), "{}", run.stderr);
@@ -221,18 +200,12 @@ fn resets_and_failed_connects_to_a_closed_port() {
         ],
     );
     let closed = port();
-    let c = closed.to_string();
-    let (pid, summary) = loadgen(
+    let (pid, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "refused",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &c,
-            "--count",
-            "400",
-        ],
+        "refused",
+        "127.0.0.1",
+        closed,
+        &["--count", "400"],
     );
     assert_eq!(summary["refused"], 400, "{summary}");
     let reset = wait_for(&t, "reset_storm", "raised", Duration::from_secs(10), |_| {
@@ -271,18 +244,9 @@ fn exposed_listener_on_a_sensitive_wildcard_port_only() {
     let ns = Netns::new("exposed");
     let t = detector(&ns, &["--anomaly", "clear_after_secs=1"]);
     // Loopback-only on a sensitive port and wildcard on an ordinary one: both fine.
-    let private = Proc::spawn(
-        &ns.exec(),
-        &["server", "--addr", "127.0.0.1", "--port", "3306"],
-    );
-    let ordinary = Proc::spawn(
-        &ns.exec(),
-        &["server", "--addr", "0.0.0.0", "--port", "18080"],
-    );
-    let redis = Proc::spawn(
-        &ns.exec(),
-        &["server", "--addr", "0.0.0.0", "--port", "6379"],
-    );
+    let private = Proc::spawn_at(&ns.exec(), "server", "127.0.0.1", 3306, &[]);
+    let ordinary = Proc::spawn_at(&ns.exec(), "server", "0.0.0.0", 18080, &[]);
+    let redis = Proc::spawn_at(&ns.exec(), "server", "0.0.0.0", 6379, &[]);
     let raised = wait_for(
         &t,
         "exposed_listener",
@@ -318,19 +282,8 @@ fn peer_flood_counts_connections_from_one_address() {
     }
     let ns = Netns::new("peerflood");
     let t = detector(&ns, &["--anomaly", "peer_flood.min_connections=300"]);
-    let p = port().to_string();
-    let hold = Proc::spawn(
-        &ns.exec(),
-        &[
-            "hold",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "200",
-        ],
-    );
+    let port = port();
+    let hold = Proc::spawn_at(&ns.exec(), "hold", "127.0.0.1", port, &["--count", "200"]);
     let raised = wait_for(&t, "peer_flood", "raised", Duration::from_secs(10), |_| {
         true
     });
@@ -339,7 +292,7 @@ fn peer_flood_counts_connections_from_one_address() {
     assert_eq!(raised["evidence"]["connections"], 400, "{raised}");
     assert_eq!(
         raised["evidence"]["top_local_ports"][0]["port"],
-        p.parse::<u64>().unwrap()
+        u64::from(port)
     );
     assert_eq!(raised["evidence"]["top_local_ports"][0]["connections"], 200);
     drop(hold);
@@ -354,22 +307,14 @@ fn time_wait_pileup_names_the_peer() {
     let ns = Netns::new("timewait");
     let t = detector(&ns, &["--anomaly", "time_wait_pileup.min_sockets=400"]);
     let port = port();
-    let p = port.to_string();
-    let server = Proc::spawn(&ns.exec(), &["server", "--addr", "127.0.0.1", "--port", &p]);
+    let server = Proc::spawn_at(&ns.exec(), "server", "127.0.0.1", port, &[]);
     // The client closes first: 600 TIME_WAIT sockets toward the server's port.
-    let (_, summary) = loadgen(
+    let (_, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "600",
-            "--threads",
-            "4",
-        ],
+        "client",
+        "127.0.0.1",
+        port,
+        &["--count", "600", "--threads", "4"],
     );
     assert_eq!(summary["connected"], 600, "{summary}");
     let raised = wait_for(
@@ -413,27 +358,14 @@ fn retransmit_storm_from_dropped_data() {
         ],
     );
     let port = port();
-    let p = port.to_string();
-    let server = Proc::spawn(&ns.exec(), &["server", "--addr", "127.0.0.1", "--port", &p]);
-    ns.nft(&format!(
-        "table inet tracer_test {{\n chain inbound {{\n type filter hook input priority 0;\n \
-         tcp dport {port} ip length > 120 drop\n }}\n}}\n"
-    ));
-    let (_, summary) = loadgen(
+    let server = Proc::spawn_at(&ns.exec(), "server", "127.0.0.1", port, &[]);
+    ns.drop_inbound(port, "ip length > 120");
+    let (_, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "40",
-            "--threads",
-            "4",
-            "--send",
-            "4000",
-        ],
+        "client",
+        "127.0.0.1",
+        port,
+        &["--count", "40", "--threads", "4", "--send", "4000"],
     );
     assert!(summary["connected"].as_u64().unwrap() > 0, "{summary}");
     let raised = wait_for(
@@ -451,7 +383,7 @@ fn retransmit_storm_from_dropped_data() {
         format!("127.0.0.1:{port}"),
         "{raised}"
     );
-    ns.nft("delete table inet tracer_test");
+    ns.clear_drops();
     drop(server);
     t.stop();
 }
@@ -463,20 +395,12 @@ fn healthy_full_rate_churn_raises_nothing() {
     }
     let ns = Netns::new("healthy");
     let t = detector(&ns, &["--anomalies"]);
-    let p = port().to_string();
-    let (_, summary) = loadgen(
+    let (_, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "churn",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--threads",
-            "2",
-            "--duration-secs",
-            "5",
-        ],
+        "churn",
+        "127.0.0.1",
+        port(),
+        &["--threads", "2", "--duration-secs", "5"],
     );
     assert!(
         summary["connections"].as_u64().unwrap() > 50_000,
@@ -491,13 +415,6 @@ fn healthy_full_rate_churn_raises_nothing() {
         "{:#?}",
         run.of_type("anomaly")
     );
-}
-
-fn tracer(args: &[&str]) -> std::process::Output {
-    Command::new(TRACER)
-        .args(args)
-        .output()
-        .expect("run tracer")
 }
 
 #[test]

@@ -6,12 +6,11 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use common::*;
@@ -23,61 +22,23 @@ fn workdir(tag: &str) -> PathBuf {
     d
 }
 
-fn tracer(args: &[&str]) -> Output {
-    Command::new(TRACER)
-        .args(args)
-        .output()
-        .expect("run tracer")
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// A server and `n` clients exchanging a few bytes on `port`, to completion.
-fn traffic(port: u16, n: u32) {
-    let p = port.to_string();
-    let count = n.to_string();
-    let server = Proc::spawn(
-        &[],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--max-conns",
-            &count,
-        ],
-    );
-    let (_, summary) = loadgen(
-        &[],
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            &count,
-            "--send",
-            "100",
-        ],
-    );
-    assert_eq!(summary["connected"], u64::from(n), "{summary}");
-    assert!(server.wait().success());
+fn traffic(port: u16, n: u64) {
+    let server = exchange_server("127.0.0.1", port, n, &[]);
+    exchange_clients(server, "127.0.0.1", port, n, &["--send", "100"]);
 }
 
 fn churn(port: u16, secs: &str) {
-    let p = port.to_string();
-    let (_, summary) = loadgen(
+    let (_, summary) = loadgen_at(
         &[],
+        "churn",
+        "127.0.0.1",
+        port,
         &[
-            "churn",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
             "--threads",
             "2",
             "--duration-secs",
@@ -87,6 +48,13 @@ fn churn(port: u16, secs: &str) {
         ],
     );
     assert_eq!(summary["failed"], 0, "{summary}");
+}
+
+/// `tracer record -o OUT --port PORT EXTRA...`, started (its programs attached).
+fn record(out: &str, port: &str, extra: &[&str]) -> Tracer {
+    let mut args = vec!["record", "-o", out, "--port", port];
+    args.extend_from_slice(extra);
+    Tracer::start_in(&[], &args, "recording to")
 }
 
 fn lines(s: &str) -> Vec<&str> {
@@ -103,11 +71,7 @@ fn replay_prints_exactly_what_the_live_stream_printed() {
     let f = file.to_str().unwrap();
     let port = port();
     let p = port.to_string();
-    let rec = Tracer::start_in(
-        &[],
-        &["record", "-o", f, "--port", &p, "--print", "--json"],
-        "recording to",
-    );
+    let rec = record(f, &p, &["--print", "--json"]);
     let stream = Tracer::start(&["--port", &p]);
     traffic(port, 5);
     std::thread::sleep(Duration::from_millis(400));
@@ -180,22 +144,10 @@ fn rotation_keeps_at_most_max_files_of_at_most_max_size() {
     let base = dir.join("cap.trc");
     let port = port();
     let p = port.to_string();
-    let rec = Tracer::start_in(
-        &[],
-        &[
-            "record",
-            "-o",
-            base.to_str().unwrap(),
-            "--port",
-            &p,
-            "--max-size",
-            "1M",
-            "--max-files",
-            "2",
-            "--compress",
-            "none",
-        ],
-        "recording to",
+    let rec = record(
+        base.to_str().unwrap(),
+        &p,
+        &["--max-size", "1M", "--max-files", "2", "--compress", "none"],
     );
     churn(port, "4");
     let run = rec.stop();
@@ -303,7 +255,7 @@ fn exports_parse_with_jq_and_python_csv() {
     let f = file.to_str().unwrap();
     let port = port();
     let p = port.to_string();
-    let rec = Tracer::start_in(&[], &["record", "-o", f, "--port", &p], "recording to");
+    let rec = record(f, &p, &[]);
     traffic(port, 3);
     std::thread::sleep(Duration::from_millis(300));
     assert!(rec.stop().status.success());
@@ -404,19 +356,7 @@ fn a_full_disk_drops_blocks_reports_them_and_keeps_the_rest() {
     let file = mnt.join("cap.trc");
     let port = port();
     let p = port.to_string();
-    let rec = Tracer::start_in(
-        &[],
-        &[
-            "record",
-            "-o",
-            file.to_str().unwrap(),
-            "--port",
-            &p,
-            "--compress",
-            "none",
-        ],
-        "recording to",
-    );
+    let rec = record(file.to_str().unwrap(), &p, &["--compress", "none"]);
     churn(port, "2");
     std::thread::sleep(Duration::from_millis(500));
     let run = rec.stop();
@@ -450,7 +390,7 @@ fn a_full_disk_drops_blocks_reports_them_and_keeps_the_rest() {
 struct FlightAgent {
     child: Child,
     addr: String,
-    log: mpsc::Receiver<String>,
+    log: StderrLines,
 }
 
 impl FlightAgent {
@@ -464,29 +404,16 @@ impl FlightAgent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, log) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let log = StderrLines::follow(&mut child);
         let agent = Self { child, addr, log };
         agent.wait_for("serving /metrics");
         agent
     }
 
     fn wait_for(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(line) = self
-            .log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if line.contains(what) {
-                return line;
-            }
-        }
-        panic!("agent never logged {what}");
+        self.log
+            .wait_for(what, Duration::from_secs(30), &mut Vec::new())
+            .unwrap_or_else(|| panic!("agent never logged {what}"))
     }
 
     fn post_dump(&self) -> String {

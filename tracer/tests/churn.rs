@@ -29,14 +29,12 @@ fn full_rate_churn_is_accounted_exactly() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p, "--type", "state"]);
-    let (pid, summary) = loadgen(
+    let (pid, summary) = loadgen_at(
         &[],
+        "churn",
+        "127.0.0.1",
+        port,
         &[
-            "churn",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
             "--threads",
             "2",
             "--duration-secs",

@@ -26,36 +26,12 @@ fn exchange(client_extra: &[&str]) -> (Run, u32, u32) {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--type", "close", "--port", &p]);
-    let n = CLIENTS.to_string();
-    let server = Proc::spawn(
-        &[],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--max-conns",
-            &n,
-        ],
-    );
+    let server = exchange_server("127.0.0.1", port, CLIENTS, &[]);
     let server_pid = server.pid();
     let bytes = BYTES.to_string();
-    let mut args = vec![
-        "client",
-        "--addr",
-        "127.0.0.1",
-        "--port",
-        &p,
-        "--count",
-        &n,
-        "--send",
-        &bytes,
-    ];
+    let mut args = vec!["--send", bytes.as_str()];
     args.extend_from_slice(client_extra);
-    let (client_pid, summary) = loadgen(&[], &args);
-    assert_eq!(summary["connected"], CLIENTS, "{summary}");
-    assert!(server.wait().success());
+    let (client_pid, _) = exchange_clients(server, "127.0.0.1", port, CLIENTS, &args);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
     run.assert_no_loss();
@@ -145,41 +121,26 @@ fn refused_and_timed_out_connects() {
     ]);
     let refused = port();
     let blackhole = port();
-    ns.nft(&format!(
-        "table inet tracer_test {{\n chain inbound {{\n type filter hook input priority 0;\n \
-         tcp dport {blackhole} drop\n }}\n}}\n"
-    ));
+    ns.drop_inbound(blackhole, "");
     let tracer = Tracer::start_in(
         &ns.exec(),
         &["stream", "--json", "--type", "close,retransmit"],
         "streaming",
     );
-    let r = refused.to_string();
-    let (refused_pid, s) = loadgen(
+    let (refused_pid, s) = loadgen_at(
         &ns.exec(),
-        &[
-            "refused",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &r,
-            "--count",
-            "3",
-        ],
+        "refused",
+        "127.0.0.1",
+        refused,
+        &["--count", "3"],
     );
     assert_eq!(s["refused"], 3, "{s}");
-    let b = blackhole.to_string();
-    let (timeout_pid, s) = loadgen(
+    let (timeout_pid, s) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &b,
-            "--count",
-            "1",
-        ],
+        "client",
+        "127.0.0.1",
+        blackhole,
+        &["--count", "1"],
     );
     assert_eq!(s["connected"], 0, "{s}");
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -6,13 +6,6 @@ use std::process::Command;
 
 use common::*;
 
-fn tracer(args: &[&str]) -> std::process::Output {
-    Command::new(TRACER)
-        .args(args)
-        .output()
-        .expect("run tracer")
-}
-
 #[test]
 fn invalid_flags_exit_2_with_a_clear_error() {
     for (args, needle) in [

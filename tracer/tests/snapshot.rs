@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{kernel_available, port};
+use common::{kernel_available, port, wait_until};
 use tracer::{
     owners::socket_owners,
     snapshot::{self, Counts, DiagSocket, Kinds, SockKind},
@@ -222,20 +222,25 @@ impl Scenario {
     /// Waits until the dump shows exactly the expected sockets (the last FIN/ACK exchanges run
     /// asynchronously), then returns them.
     fn settled(&self) -> Vec<DiagSocket> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let got = self.dumped(Kinds::ALL);
-            let shapes: Vec<_> = got.iter().map(want).collect();
-            if shapes == self.expected {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dump differs from expectation\n got: {shapes:#?}\nwant: {:#?}",
-                self.expected
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let got = self.dumped(Kinds::ALL);
+                let shapes: Vec<_> = got.iter().map(want).collect();
+                if shapes == self.expected {
+                    Ok(got)
+                } else {
+                    Err(shapes)
+                }
+            },
+            |shapes| {
+                format!(
+                    "dump differs from expectation\n got: {shapes:#?}\nwant: {:#?}",
+                    self.expected
+                )
+            },
+        )
     }
 }
 
@@ -492,19 +497,23 @@ fn fast_open_child_in_syn_recv_is_full() {
         assert_eq!(sent, 2, "sendto: {}", std::io::Error::last_os_error());
 
         let child = |inode_wanted: bool| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let got: Vec<_> = snapshot::dump(Kinds::ALL)
-                    .unwrap()
-                    .into_iter()
-                    .filter(|s| s.local.port() == 7000 && s.state != LISTEN)
-                    .collect();
-                if got.len() == 1 && (got[0].inode != 0) == inode_wanted {
-                    return got[0].clone();
-                }
-                assert!(Instant::now() < deadline, "{got:?}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_until(
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                || {
+                    let got: Vec<_> = snapshot::dump(Kinds::ALL)
+                        .unwrap()
+                        .into_iter()
+                        .filter(|s| s.local.port() == 7000 && s.state != LISTEN)
+                        .collect();
+                    if got.len() == 1 && (got[0].inode != 0) == inode_wanted {
+                        Ok(got[0].clone())
+                    } else {
+                        Err(got)
+                    }
+                },
+                |got| format!("{got:?}"),
+            )
         };
         let queued = child(false);
         assert_eq!((queued.kind, queued.state), (SockKind::Full, SYN_RECV));

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netns, Proc, Tracer, kernel_available};
+use common::{Netns, Proc, Tracer, kernel_available, wait_until};
 use serde_json::Value;
 
 /// Per-state counts from `ss -tan` in the namespace, with netstat names.
@@ -73,17 +73,9 @@ fn assert_matches_ss(tracer: &Tracer, ns: &Netns, what: &str) -> Value {
     panic!("{what}: tracer {:?} != ss {:?}", last.0, last.1);
 }
 
-fn ready_json(p: &Proc) -> Value {
-    serde_json::from_str(p.ready.trim_start_matches("READY").trim()).expect("READY json")
-}
-
-#[test]
-fn counts_built_from_transitions_equal_ss() {
-    if !kernel_available("counts_built_from_transitions_equal_ss") {
-        return;
-    }
-    let ns = Netns::new("stx");
-    let tracer = Tracer::start_in(
+/// `tracer stats --json` in `ns`, reporting every 0.3 s, started once its snapshot is taken.
+fn stats_in(ns: &Netns) -> Tracer {
+    Tracer::start_in(
         &ns.exec(),
         &[
             "stats",
@@ -94,7 +86,20 @@ fn counts_built_from_transitions_equal_ss() {
             "connections",
         ],
         "snapshot:",
-    );
+    )
+}
+
+fn ready_json(p: &Proc) -> Value {
+    serde_json::from_str(p.ready.trim_start_matches("READY").trim()).expect("READY json")
+}
+
+#[test]
+fn counts_built_from_transitions_equal_ss() {
+    if !kernel_available("counts_built_from_transitions_equal_ss") {
+        return;
+    }
+    let ns = Netns::new("stx");
+    let tracer = stats_in(&ns);
     let mut states = Proc::spawn(
         &ns.exec(),
         &[
@@ -174,18 +179,25 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
         ],
     );
     let info = ready_json(&states);
-    let tracer = Tracer::start_in(
-        &ns.exec(),
-        &[
-            "stats",
-            "--json",
-            "--interval",
-            "0.3",
-            "--sort",
-            "connections",
-        ],
-        "snapshot:",
+    // The last closes are acknowledged in softirq after the workload said READY: wait until
+    // the kernel has settled into the state the snapshot is checked against.
+    let settled = BTreeMap::from([
+        ("CLOSE_WAIT".to_owned(), 1000),
+        ("ESTABLISHED".to_owned(), 2100),
+        ("FIN_WAIT2".to_owned(), 1000),
+        ("LISTEN".to_owned(), 1),
+        ("TIME_WAIT".to_owned(), 1000),
+    ]);
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let now = ss_counts(&ns);
+            if now == settled { Ok(()) } else { Err(now) }
+        },
+        |last| format!("ss never settled: {last:?}"),
     );
+    let tracer = stats_in(&ns);
     assert!(
         tracer
             .started
@@ -224,10 +236,7 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
 #[test]
 fn bad_intervals_are_usage_errors() {
     for bad in ["0", "-1", "abc", "100000"] {
-        let out = Command::new(common::TRACER)
-            .args(["stats", &format!("--interval={bad}")])
-            .output()
-            .unwrap();
+        let out = common::tracer(&["stats", &format!("--interval={bad}")]);
         assert_eq!(out.status.code(), Some(2), "--interval {bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--interval"), "{err}");

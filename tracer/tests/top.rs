@@ -6,10 +6,10 @@ mod common;
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{Proc, TRACER, kernel_available, loadgen, port};
+use common::{Proc, TRACER, kernel_available, loadgen_at, port, wait_until};
 
 /// A `tracer top` running in its own detached tmux server of 80x24, killed on drop.
 struct Screen {
@@ -73,36 +73,32 @@ impl Screen {
 
     /// Polls the screen until `done` holds; panics with the last screen after `limit`.
     fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let screen = self.capture();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(
+            limit,
+            Duration::from_millis(200),
+            || {
+                let screen = self.capture();
+                if done(&screen) {
+                    Ok(screen)
+                } else {
+                    Err(screen)
+                }
+            },
+            |screen| format!("timed out waiting for {what}; screen:\n{screen}"),
+        )
     }
 
     /// The exit status the wrapper recorded, once the tracer has exited.
     fn exit_status(&self, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(s) = std::fs::read_to_string(&self.status_file)
-                && s.ends_with('\n')
-            {
-                return s.trim().to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tracer top did not exit; screen:\n{}",
-                self.capture()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            limit,
+            Duration::from_millis(100),
+            || match std::fs::read_to_string(&self.status_file) {
+                Ok(s) if s.ends_with('\n') => Ok(s.trim().to_owned()),
+                _ => Err(()),
+            },
+            |()| format!("tracer top did not exit; screen:\n{}", self.capture()),
+        )
     }
 }
 
@@ -158,17 +154,12 @@ fn dashboard_shows_real_traffic_and_obeys_keys() {
     });
 
     let hold_port = port();
-    let hold = Proc::spawn(
+    let hold = Proc::spawn_at(
         &[],
-        &[
-            "hold",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &hold_port.to_string(),
-            "--count",
-            &HELD.to_string(),
-        ],
+        "hold",
+        "127.0.0.1",
+        hold_port,
+        &["--count", &HELD.to_string()],
     );
     let listener = format!("127.0.0.1:{hold_port}");
     let shown = screen.wait_for("the held connections", limit, |s| {
@@ -188,29 +179,13 @@ fn dashboard_shows_real_traffic_and_obeys_keys() {
 
     // Bytes: 20 connections of 100000 bytes, 1.9 MiB each way.
     let server_port = port();
-    let server = Proc::spawn(
+    let server = Proc::spawn_at(&[], "server", "127.0.0.1", server_port, &[]);
+    let (client, _) = loadgen_at(
         &[],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &server_port.to_string(),
-        ],
-    );
-    let (client, _) = loadgen(
-        &[],
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &server_port.to_string(),
-            "--count",
-            "20",
-            "--send",
-            "100000",
-        ],
+        "client",
+        "127.0.0.1",
+        server_port,
+        &["--count", "20", "--send", "100000"],
     );
     let shown = screen.wait_for("the client's and server's bytes", limit, |s| {
         let has =

@@ -19,16 +19,9 @@ fn traced_exchange(
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
-    let n = CLIENTS.to_string();
-    let mut server_args = vec!["server", "--addr", addr, "--port", &p, "--max-conns", &n];
-    server_args.extend_from_slice(server_extra);
-    let server = Proc::spawn(&[], &server_args);
+    let server = exchange_server(addr, port, CLIENTS as u64, server_extra);
     let server_pid = server.pid();
-    let mut client_args = vec!["client", "--addr", addr, "--port", &p, "--count", &n];
-    client_args.extend_from_slice(client_extra);
-    let (client_pid, summary) = loadgen(&[], &client_args);
-    assert_eq!(summary["connected"], CLIENTS as u64, "{summary}");
-    assert!(server.wait().success());
+    let (client_pid, summary) = exchange_clients(server, addr, port, CLIENTS as u64, client_extra);
     std::thread::sleep(std::time::Duration::from_millis(300));
     (tracer.stop(), server_pid, client_pid, summary, port)
 }
@@ -235,18 +228,7 @@ fn refused_connect() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
-    let (pid, summary) = loadgen(
-        &[],
-        &[
-            "refused",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "5",
-        ],
-    );
+    let (pid, summary) = loadgen_at(&[], "refused", "127.0.0.1", port, &["--count", "5"]);
     assert_eq!(summary["refused"], 5);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
@@ -267,19 +249,7 @@ fn kernel_filters_select_exact_events() {
     }
     let port = port();
     let p = port.to_string();
-    let n = CLIENTS.to_string();
-    let server = Proc::spawn(
-        &[],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--max-conns",
-            &n,
-        ],
-    );
+    let server = exchange_server("127.0.0.1", port, CLIENTS as u64, &[]);
     let server_pid = server.pid().to_string();
     // Client side only, transitions touching ESTABLISHED: two per connection.
     let by_state = Tracer::start(&["--rport", &p, "--state", "ESTABLISHED"]);
@@ -287,22 +257,7 @@ fn kernel_filters_select_exact_events() {
     let by_pid = Tracer::start(&["--pid", &server_pid, "--type", "state"]);
     // No retransmissions happen: a retransmit-only stream stays empty.
     let retrans = Tracer::start(&["--port", &p, "--type", "retransmit"]);
-    let (_, summary) = loadgen(
-        &[],
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            &n,
-            "--send",
-            "10",
-        ],
-    );
-    assert_eq!(summary["connected"], CLIENTS as u64);
-    assert!(server.wait().success());
+    exchange_clients(server, "127.0.0.1", port, CLIENTS as u64, &["--send", "10"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
 
     let run = by_state.stop();
@@ -352,41 +307,25 @@ fn retransmissions_of_one_connection() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p]);
-    let server = Proc::spawn(
+    let server = Proc::spawn_at(
         &ns.exec(),
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--max-conns",
-            "1",
-        ],
+        "server",
+        "127.0.0.1",
+        port,
+        &["--max-conns", "1"],
     );
-    // Drop data-bearing packets to the port as they arrive (a drop on output would fail the
-    // send locally, which TCP does not count as a transmission); handshake and ACKs pass.
-    ns.nft(&format!(
-        "table inet tracer_test {{\n chain inbound {{\n type filter hook input priority 0;\n \
-         tcp dport {port} ip length > 120 drop\n }}\n}}\n"
-    ));
-    let (client_pid, summary) = loadgen(
+    // Drop data-bearing packets to the port as they arrive; handshake and ACKs pass.
+    ns.drop_inbound(port, "ip length > 120");
+    let (client_pid, summary) = loadgen_at(
         &ns.exec(),
-        &[
-            "client",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "1",
-            "--send",
-            "2000",
-        ],
+        "client",
+        "127.0.0.1",
+        port,
+        &["--count", "1", "--send", "2000"],
     );
     let client_port = summary["local_ports"][0].as_u64().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    ns.nft("delete table inet tracer_test");
+    ns.clear_drops();
     assert!(server.wait().success());
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
@@ -432,18 +371,7 @@ fn human_columns() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start_with(&["stream"], &["--port", &p]);
-    let (pid, _) = loadgen(
-        &[],
-        &[
-            "refused",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--count",
-            "1",
-        ],
-    );
+    let (pid, _) = loadgen_at(&[], "refused", "127.0.0.1", port, &["--count", "1"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
     let lines: Vec<&str> = run.stdout.lines().collect();

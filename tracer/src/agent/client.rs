@@ -39,11 +39,8 @@ pub enum ClientError {
 
 /// The agent's current view with at most `top` rows per ranking.
 pub async fn stats(addr: SocketAddr, top: usize, sort: ProcSort) -> Result<Stats, ClientError> {
-    let sort = match sort {
-        ProcSort::Bytes => "bytes",
-        ProcSort::Connections => "connections",
-    };
-    let body = tokio::time::timeout(TIMEOUT, get(addr, &format!("/stats?top={top}&sort={sort}")))
+    let path = format!("/stats?top={top}&sort={}", sort.name());
+    let body = tokio::time::timeout(TIMEOUT, get(addr, &path))
         .await
         .map_err(|_| ClientError::Timeout { addr })??;
     serde_json::from_slice(&body).map_err(|error| ClientError::Decode { addr, error })

@@ -8,11 +8,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    capture::{
-        clock_now,
-        flight::{FlightOptions, FlightRecorder},
-    },
+    capture::flight::{FlightOptions, FlightRecorder},
     cli::capture::FlightArgs,
+    clock::Clock,
     live::Live,
     loss::LossCause,
 };
@@ -30,7 +28,6 @@ impl AgentFlight {
             // Not fatal: the history is kept, and each dump says why it could not be written.
             warn!(dir = %dir.display(), error = %e, "flight recorder directory is not usable");
         }
-        let (offset, _) = clock_now();
         let rec = Arc::new(Mutex::new(FlightRecorder::new(
             FlightOptions {
                 dir: dir.clone(),
@@ -39,7 +36,7 @@ impl AgentFlight {
                 keep: args.flight_keep,
                 zstd_level: Some(3),
             },
-            offset,
+            Clock::new().offset_ns(),
         )));
         let tap = Arc::clone(&rec);
         live.set_tap(Box::new(move |batch, agg| {

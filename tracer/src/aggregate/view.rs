@@ -22,6 +22,25 @@ pub enum ProcSort {
     Connections,
 }
 
+impl ProcSort {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bytes => "bytes",
+            Self::Connections => "connections",
+        }
+    }
+
+    /// The ranking key of a process row: this measure, then the other, then the lower pid.
+    pub fn rank(self, r: &ProcessRow) -> ((u64, u64), std::cmp::Reverse<Option<u32>>) {
+        let bytes = r.bytes_sent + r.bytes_received;
+        let key = match self {
+            Self::Bytes => (bytes, r.connections),
+            Self::Connections => (r.connections, bytes),
+        };
+        (key, std::cmp::Reverse(r.pid))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessRow {
     pub pid: Option<u32>,
@@ -179,14 +198,7 @@ impl Aggregator {
                 r.comm = name.to_string();
             }
         }
-        top_n(rows.into_values(), top, |r| {
-            let bytes = r.bytes_sent + r.bytes_received;
-            let key = match sort {
-                ProcSort::Bytes => (bytes, r.connections),
-                ProcSort::Connections => (r.connections, bytes),
-            };
-            (key, std::cmp::Reverse(r.pid))
-        })
+        top_n(rows.into_values(), top, |r| sort.rank(r))
     }
 
     fn listener_rows(&self) -> Vec<ListenerRow> {

@@ -8,7 +8,8 @@ use serde_json::json;
 use tracer_common::state;
 
 use super::{
-    Finding, Key, Kind, SEC, Subject, config::Config, hysteresis::Observation, window::TopCounts,
+    Finding, Key, Kind, SEC, Subject, config::Config, hysteresis::Observation, push,
+    window::TopCounts,
 };
 use crate::{aggregate::Aggregator, event::Comm};
 
@@ -91,17 +92,14 @@ pub(super) fn observe(
             "top_peers": h.peers.top(5).into_iter()
                 .map(|(a, n)| json!({"addr": a, "sockets": n})).collect::<Vec<_>>(),
         });
-        out.push((
-            (Kind::CloseWaitLeak, subject.key()),
-            Observation {
-                measure: h.old as f64,
-                threshold: c.min_sockets as f64,
-                detail: Finding {
-                    subject,
-                    summary,
-                    evidence: evidence.as_object().cloned().unwrap_or_default(),
-                },
-            },
-        ));
+        push(
+            out,
+            Kind::CloseWaitLeak,
+            subject,
+            h.old as f64,
+            c.min_sockets as f64,
+            summary,
+            evidence,
+        );
     }
 }

@@ -15,12 +15,12 @@ use super::{
     config::{Config, Exposed},
     hysteresis::Observation,
     netstat::TcpExt,
-    rates::push,
+    push,
     window::TopCounts,
 };
 use crate::{
     aggregate::Aggregator,
-    event::{Detail, Event},
+    event::{Comm, Detail, Event},
 };
 
 /// Timewait dumps at most this often: the ports and peers change slowly.
@@ -180,7 +180,7 @@ impl Inventory {
 }
 
 /// Connections with one peer, by local port and by owning process.
-type PeerTally = (u64, TopCounts<u16>, TopCounts<(u32, String)>);
+type PeerTally = (u64, TopCounts<u16>, TopCounts<(u32, Comm)>);
 
 fn peer_flood(agg: &Aggregator, cfg: &Config, out: &mut Vec<(Key, Observation<Finding>)>) {
     let c = &cfg.peer_flood;
@@ -199,7 +199,7 @@ fn peer_flood(agg: &Aggregator, cfg: &Config, out: &mut Vec<(Key, Observation<Fi
         if let Some(h) = hot.get_mut(&conn.tuple.remote.ip()) {
             h.1.add(conn.tuple.local.port(), 1);
             if conn.pid != 0 {
-                h.2.add((conn.pid, conn.comm.to_string()), 1);
+                h.2.add((conn.pid, conn.comm), 1);
             }
         }
     }
@@ -215,7 +215,7 @@ fn peer_flood(agg: &Aggregator, cfg: &Config, out: &mut Vec<(Key, Observation<Fi
             "top_local_ports": top_ports.iter()
                 .map(|(p, c)| json!({"port": p, "connections": c})).collect::<Vec<_>>(),
             "top_processes": owners.top(3).into_iter()
-                .map(|((pid, comm), c)| json!({"pid": pid, "comm": comm, "connections": c}))
+                .map(|((pid, comm), c)| json!({"pid": pid, "comm": comm.as_str(), "connections": c}))
                 .collect::<Vec<_>>(),
         });
         push(

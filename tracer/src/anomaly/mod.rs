@@ -63,6 +63,33 @@ pub struct Needs {
 
 type Key = (Kind, String);
 
+/// Adds a detector's observation of `subject` for this tick.
+fn push(
+    out: &mut Vec<(Key, Observation<Finding>)>,
+    kind: Kind,
+    subject: Subject,
+    measure: f64,
+    threshold: f64,
+    summary: String,
+    evidence: serde_json::Value,
+) {
+    out.push((
+        (kind, subject.key()),
+        Observation {
+            measure,
+            threshold,
+            detail: Finding {
+                subject,
+                summary,
+                evidence: match evidence {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                },
+            },
+        },
+    ));
+}
+
 pub struct Detector {
     cfg: Config,
     gate: Gate,

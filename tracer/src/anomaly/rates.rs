@@ -11,11 +11,12 @@ use super::{
     Finding, Key, Kind, Subject,
     config::{Config, RateDetector},
     hysteresis::Observation,
+    push,
     window::{Tally, TopCounts, Window},
 };
 use crate::{
     close::CloseEnd,
-    event::{Event, SignalKind},
+    event::{Comm, Event, SignalKind},
 };
 
 #[derive(Debug, Clone, Default)]
@@ -23,7 +24,7 @@ pub(super) struct RetxTally {
     count: u64,
     /// (local, remote) of the connections retransmitting.
     conns: TopCounts<(SocketAddr, SocketAddr)>,
-    owners: TopCounts<(u32, String)>,
+    owners: TopCounts<(u32, Comm)>,
 }
 
 impl Tally for RetxTally {
@@ -55,7 +56,7 @@ pub(super) struct FailTally {
     refused: u64,
     timeout: u64,
     unreachable: u64,
-    owners: TopCounts<(u32, String)>,
+    owners: TopCounts<(u32, Comm)>,
 }
 
 impl Tally for FailTally {
@@ -77,14 +78,14 @@ fn window<K: std::hash::Hash + Eq + Clone, V: Tally>(d: &RateDetector) -> Option
     d.enabled.then(|| Window::new(d.window_secs as usize))
 }
 
-fn owner_of(ev: &Event) -> Option<(u32, String)> {
-    ev.owner.as_ref().map(|o| (o.pid, o.comm.to_string()))
+fn owner_of(ev: &Event) -> Option<(u32, Comm)> {
+    ev.owner.as_ref().map(|o| (o.pid, o.comm))
 }
 
-fn owners_json(t: &TopCounts<(u32, String)>) -> Vec<serde_json::Value> {
+fn owners_json(t: &TopCounts<(u32, Comm)>) -> Vec<serde_json::Value> {
     t.top(3)
         .into_iter()
-        .map(|((pid, comm), n)| json!({"pid": pid, "comm": comm, "count": n}))
+        .map(|((pid, comm), n)| json!({"pid": pid, "comm": comm.as_str(), "count": n}))
         .collect()
 }
 
@@ -249,30 +250,4 @@ impl Rates {
             }
         }
     }
-}
-
-pub(super) fn push(
-    out: &mut Vec<(Key, Observation<Finding>)>,
-    kind: Kind,
-    subject: Subject,
-    measure: f64,
-    threshold: f64,
-    summary: String,
-    evidence: serde_json::Value,
-) {
-    out.push((
-        (kind, subject.key()),
-        Observation {
-            measure,
-            threshold,
-            detail: Finding {
-                subject,
-                summary,
-                evidence: match evidence {
-                    serde_json::Value::Object(m) => m,
-                    _ => serde_json::Map::new(),
-                },
-            },
-        },
-    ));
 }

@@ -133,13 +133,7 @@ async fn pump<W: Write>(
                     }
                     next_detect = now + DETECT_EVERY;
                 }
-                for (cause, count) in live.losses.take_new() {
-                    printer.print(&Record::Lost {
-                        ts_ns: Clock::now_mono_ns(),
-                        cause,
-                        count,
-                    })?;
-                }
+                report_losses(printer, &mut live.losses)?;
                 printer.flush()?;
             }
             Next::Closed => return Ok(()),

@@ -17,6 +17,7 @@ use super::{
     config::{Config, RateDetector},
     hysteresis::Observation,
     netstat::TcpExt,
+    push,
     window::{Tally, TopCounts, Window},
 };
 use crate::{aggregate::Aggregator, event::Event, snapshot::DiagSocket};
@@ -168,7 +169,7 @@ impl SynFlood {
                 c.window_secs,
                 half,
                 t.retransmits,
-                if Some(port) == target { extra } else { 0 },
+                attributed,
                 sources
                     .top(3)
                     .iter()
@@ -194,18 +195,15 @@ impl SynFlood {
                     }
                 }
             }
-            out.push((
-                (Kind::SynFlood, subject.key()),
-                Observation {
-                    measure: rate,
-                    threshold: c.min_rate,
-                    detail: Finding {
-                        subject,
-                        summary,
-                        evidence: evidence.as_object().cloned().unwrap_or_default(),
-                    },
-                },
-            ));
+            push(
+                out,
+                Kind::SynFlood,
+                subject,
+                rate,
+                c.min_rate,
+                summary,
+                evidence,
+            );
         }
     }
 }

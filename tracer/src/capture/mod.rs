@@ -27,7 +27,6 @@ use std::{
     time::SystemTime,
 };
 
-use crate::clock::Clock;
 use format::FileHeader;
 
 /// Why a block payload (or header) could not be decoded.
@@ -70,17 +69,6 @@ fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// CLOCK_REALTIME minus CLOCK_MONOTONIC now, and the clock that maps with it. The recorder
-/// prints and stores with the same offset, so replayed times are identical.
-pub fn clock_now() -> (u64, Clock) {
-    let mono = Clock::now_mono_ns();
-    let wall = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let offset = wall.saturating_sub(mono);
-    (offset, Clock::with_offset(offset))
 }
 
 /// The header of a capture started now by `source` (`record` or `flight`).

@@ -11,7 +11,7 @@ use std::{
 use tokio::time::Instant as TokioInstant;
 
 use super::{
-    CaptureError, clock_now, header_now, raw,
+    CaptureError, header_now, raw,
     records::Item,
     state,
     writer::{CaptureWriter, WriteStats, WriterOptions},
@@ -191,9 +191,10 @@ fn describe_filter(f: &FilterArgs) -> String {
 }
 
 pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
-    let (offset, clock) = clock_now();
+    // The recorder prints and stores with the same offset, so replayed times are identical.
+    let clock = Clock::new();
     let view = View::of(&args.filter);
-    let mut header = header_now("record", describe_filter(&args.filter), offset);
+    let mut header = header_now("record", describe_filter(&args.filter), clock.offset_ns());
     header.print_states = view.states;
     header.print_closes = view.closes;
     // Before attaching: an unwritable path fails here and leaves the kernel untouched.

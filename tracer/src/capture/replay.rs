@@ -30,10 +30,6 @@ pub fn filtered(filter: &Filter, r: &RawEvent) -> Option<Result<Event, ()>> {
         .then(|| decode(&raw::to_bytes(r)).map_err(drop))
 }
 
-pub fn cause_named(name: &str) -> Option<LossCause> {
-    LossCause::ALL.iter().copied().find(|c| c.name() == name)
-}
-
 /// What the recorder's stream showed, narrowed by this command's own `--type`.
 pub fn view_of(h: &FileHeader, mine: View) -> View {
     View {
@@ -63,7 +59,7 @@ pub fn print_item<W: Write>(
             ts_ns,
             cause,
             count,
-        } => match cause_named(&cause) {
+        } => match LossCause::from_name(&cause) {
             Some(cause) => p.print(&Record::Lost {
                 ts_ns,
                 cause,
@@ -127,7 +123,7 @@ impl StatsReplay {
                 Some(Err(())) => report.unknown += 1,
                 None => {}
             },
-            Item::Lost { cause, count, .. } => match cause_named(&cause) {
+            Item::Lost { cause, count, .. } => match LossCause::from_name(&cause) {
                 Some(c) => self.losses.add(c, count),
                 None => report.unknown += 1,
             },

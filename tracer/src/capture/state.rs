@@ -153,7 +153,7 @@ fn as_record(s: &SnapSocket) -> RawEvent {
 
 fn observe_losses(totals: &mut LossTotals, losses: &[(String, u64)]) {
     for (name, n) in losses {
-        if let Some(&c) = LossCause::ALL.iter().find(|c| c.name() == name) {
+        if let Some(c) = LossCause::from_name(name) {
             totals.observe(c, *n);
         }
     }
@@ -236,10 +236,7 @@ pub fn restore(
     agg.closes = s
         .closes
         .iter()
-        .filter_map(|(name, n)| {
-            let e = CloseEnd::ALL.iter().find(|e| e.name() == name)?;
-            Some((*e, *n))
-        })
+        .filter_map(|(name, n)| Some((CloseEnd::from_name(name)?, *n)))
         .collect();
     agg.unknown_sockets = s.unknown_sockets;
     agg.stale_entries = s.stale_entries;

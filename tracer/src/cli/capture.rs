@@ -5,30 +5,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use super::{FilterArgs, LiveArgs, live::parse_interval, parse_duration};
+use super::{FilterArgs, LiveArgs, live::parse_interval, parse_duration, size_parts};
 use crate::{aggregate::view::ProcSort, capture::writer::Fsync};
 
 /// `1M`..`1T` style sizes (powers of 1024), 64-bit.
 pub fn parse_capture_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let mult: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "`{s}`: unknown size suffix `{c}` (use K, M, G or T)"
-                    ));
-                }
-            };
-            (&t[..t.len() - 1], mult)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let (n, mult) = size_parts(s, b"KMGT")?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
 }

@@ -174,22 +174,33 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// `4096`, `64K`, `16M`, `1G` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u32, String> {
+/// A size with an optional power-of-1024 suffix, one of `suffixes` (`b"KMG"`: K is 1024):
+/// the number and its multiplier, for the caller to combine within its own bound.
+pub(crate) fn size_parts(s: &str, suffixes: &[u8]) -> Result<(u64, u64), String> {
     let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mult: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => return Err(format!("`{s}`: unknown size suffix `{c}` (use K, M or G)")),
+    let (digits, mult) = match t.bytes().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let Some(i) = suffixes.iter().position(|&u| u == c.to_ascii_uppercase()) else {
+                let (last, rest) = suffixes.split_last().expect("at least one suffix");
+                let rest: Vec<String> = rest.iter().map(|&u| char::from(u).to_string()).collect();
+                return Err(format!(
+                    "`{s}`: unknown size suffix `{}` (use {} or {})",
+                    char::from(c),
+                    rest.join(", "),
+                    char::from(*last)
+                ));
             };
-            (&t[..i], mult)
+            (&t[..t.len() - 1], 1u64 << (10 * (i + 1)))
         }
         _ => (t, 1),
     };
     let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    Ok((n, mult))
+}
+
+/// `4096`, `64K`, `16M`, `1G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let (n, mult) = size_parts(s, b"KMG")?;
     u32::try_from(n.saturating_mul(mult)).map_err(|_| format!("`{s}` is larger than 2G"))
 }
 

@@ -118,8 +118,7 @@ impl App {
                 // Re-rank what is on screen now, so the key has an effect even while paused.
                 let sort = self.sort;
                 if let Some(s) = &mut self.stats {
-                    s.processes
-                        .sort_by_key(|p| std::cmp::Reverse(rank(p, sort)));
+                    s.processes.sort_by_key(|p| std::cmp::Reverse(sort.rank(p)));
                 }
                 self.cursor = 0;
             }
@@ -139,16 +138,6 @@ impl App {
         let rows = self.stats.as_ref().map_or(0, |s| s.processes.len());
         self.cursor = self.cursor.min(rows.saturating_sub(1));
     }
-}
-
-/// The aggregator's ranking key (ties broken by the other measure, then by lower pid).
-fn rank(p: &ProcessRow, sort: ProcSort) -> ((u64, u64), std::cmp::Reverse<Option<u32>>) {
-    let bytes = p.bytes_sent + p.bytes_received;
-    let key = match sort {
-        ProcSort::Bytes => (bytes, p.connections),
-        ProcSort::Connections => (p.connections, bytes),
-    };
-    (key, std::cmp::Reverse(p.pid))
 }
 
 #[cfg(test)]

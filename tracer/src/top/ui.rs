@@ -15,7 +15,7 @@ use tracer_common::state;
 
 use super::app::App;
 use crate::{
-    aggregate::view::{ProcSort, ProcessRow, Stats},
+    aggregate::view::{ProcessRow, Stats},
     stats::human_bytes,
 };
 
@@ -72,19 +72,12 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(footer_lines(stats)).render(footer, buf);
 }
 
-pub fn sort_name(sort: ProcSort) -> &'static str {
-    match sort {
-        ProcSort::Bytes => "bytes",
-        ProcSort::Connections => "connections",
-    }
-}
-
 fn header_line(app: &App) -> Line<'static> {
     let mut spans = vec![
         Span::styled(" tracer top ", Style::new().reversed().bold()),
         Span::raw(format!(" every {}", interval_text(app.interval))),
         Span::raw(" │ sort: "),
-        Span::styled(sort_name(app.sort), Style::new().bold()),
+        Span::styled(app.sort.name(), Style::new().bold()),
         Span::raw(format!(" │ {} events", app.events)),
     ];
     if app.paused {
@@ -261,10 +254,7 @@ fn process_table(app: &App, stats: &Stats, area: Rect, buf: &mut Buffer) {
         format!("{}/{count}", app.cursor + 1)
     };
     let block = Block::bordered()
-        .title(format!(
-            " Processes by {} ({position}) ",
-            sort_name(app.sort)
-        ))
+        .title(format!(" Processes by {} ({position}) ", app.sort.name()))
         .title_bottom(" ↑↓ select  s sort  p pause  q quit ");
     let table = Table::new(rows, widths)
         .header(header_row(&headers, 2))
@@ -393,7 +383,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::view::{ListenerRow, PeerRow},
+        aggregate::view::{ListenerRow, PeerRow, ProcSort},
         top::app::{
             Action,
             tests::{proc_row, stats},

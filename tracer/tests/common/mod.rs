@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         atomic::{AtomicU16, Ordering},
         mpsc,
@@ -19,7 +19,8 @@ use serde_json::Value;
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 pub const LOADGEN: &str = env!("CARGO_BIN_EXE_tracer-loadgen");
 
-fn ci() -> bool {
+/// Whether this is a CI run, where a test that cannot run must fail instead of skipping.
+pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
@@ -53,10 +54,79 @@ pub fn port() -> u16 {
     base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// `prefix... program`: a prefix such as [`Netns::exec`] runs the program inside a namespace.
+fn command(prefix: &[&str], program: &str) -> Command {
+    match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+// ---- The tracer ----
+
+/// Runs `tracer ARGS` to completion (commands that end by themselves: errors, replay, export).
+pub fn tracer(args: &[&str]) -> Output {
+    Command::new(TRACER)
+        .args(args)
+        .output()
+        .expect("run tracer")
+}
+
+/// A child's stderr, read line by line on its own thread, so that waiting for a line (a start-up
+/// marker, a log message) can time out instead of blocking on the pipe.
+pub struct StderrLines(mpsc::Receiver<String>);
+
+impl StderrLines {
+    /// Takes over the child's (piped) stderr.
+    pub fn follow(child: &mut Child) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// Appends lines to `seen` until one contains `marker` and returns that line; `None` if
+    /// none came within `limit` or stderr closed first.
+    pub fn wait_for(
+        &self,
+        marker: &str,
+        limit: Duration,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.0.recv_timeout(left).ok()?;
+            let found = line.contains(marker);
+            seen.push(line);
+            if found {
+                return seen.last().cloned();
+            }
+        }
+    }
+
+    /// Appends what is still coming to `seen`, until nothing comes for 200 ms (after a stop).
+    pub fn drain(&self, seen: &mut Vec<String>) {
+        while let Ok(line) = self.0.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+}
+
 pub struct Tracer {
     child: Child,
     out: PathBuf,
-    stderr: mpsc::Receiver<String>,
+    stderr: StderrLines,
     pub started: Vec<String>,
 }
 
@@ -83,51 +153,25 @@ impl Tracer {
         let out =
             std::env::temp_dir().join(format!("tracer-test-{}-{}.out", std::process::id(), port()));
         let file = std::fs::File::create(&out).unwrap();
-        let mut cmd = match prefix.split_first() {
-            Some((p, rest)) => {
-                let mut c = Command::new(p);
-                c.args(rest).arg(TRACER);
-                c
-            }
-            None => Command::new(TRACER),
-        };
-        let mut child = cmd
+        let mut child = command(prefix, TRACER)
             .args(args)
             .stdout(file)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tracer");
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = StderrLines::follow(&mut child);
         let mut started = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains(marker);
-                    started.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("tracer did not start: {started:?}");
-                }
-            }
+        if stderr
+            .wait_for(marker, Duration::from_secs(30), &mut started)
+            .is_none()
+        {
+            let _ = child.kill();
+            panic!("tracer did not start: {started:?}");
         }
         Self {
             child,
             out,
-            stderr: rx,
+            stderr,
             started,
         }
     }
@@ -158,11 +202,9 @@ impl Tracer {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = wait_timeout(&mut self.child, Duration::from_secs(30)).expect("tracer exits");
-        let mut stderr = self.started.join("\n");
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-            stderr.push('\n');
-            stderr.push_str(&line);
-        }
+        let mut lines = std::mem::take(&mut self.started);
+        self.stderr.drain(&mut lines);
+        let stderr = lines.join("\n");
         let file = std::fs::File::open(&self.out).unwrap();
         let mut stdout = String::new();
         let mut events = Vec::new();
@@ -198,20 +240,6 @@ impl Drop for Tracer {
     }
 }
 
-pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().ok()? {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Run {
     pub fn lost_records(&self) -> Vec<&Value> {
         self.events.iter().filter(|e| e["type"] == "lost").collect()
@@ -237,6 +265,16 @@ impl Run {
     }
 }
 
+// ---- Workloads (`tracer-loadgen`) ----
+
+/// `SUB --addr ADDR --port PORT EXTRA...`: how every port-based loadgen subcommand (`server`,
+/// `client`, `refused`, `churn`, `hold`) is pointed at its address.
+fn at_args<'a>(sub: &'a str, addr: &'a str, port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![sub, "--addr", addr, "--port", port];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A background workload process (e.g. `tracer-loadgen server`).
 pub struct Proc {
     pub child: Child,
@@ -248,15 +286,7 @@ pub struct Proc {
 impl Proc {
     /// Spawns `prefix... tracer-loadgen args...` and waits for its `READY` line.
     pub fn spawn(prefix: &[&str], args: &[&str]) -> Self {
-        let mut cmd = match prefix.split_first() {
-            Some((p, rest)) => {
-                let mut c = Command::new(p);
-                c.args(rest).arg(LOADGEN);
-                c
-            }
-            None => Command::new(LOADGEN),
-        };
-        let mut child = cmd
+        let mut child = command(prefix, LOADGEN)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -280,6 +310,12 @@ impl Proc {
             ready: ready.trim().to_owned(),
             stdin,
         }
+    }
+
+    /// [`Proc::spawn`] of `SUB --addr ADDR --port PORT EXTRA...` (`server`, `hold`).
+    pub fn spawn_at(prefix: &[&str], sub: &str, addr: &str, port: u16, extra: &[&str]) -> Self {
+        let port = port.to_string();
+        Self::spawn(prefix, &at_args(sub, addr, &port, extra))
     }
 
     /// Closes the process's stdin: `hold` and `states` release their sockets and exit.
@@ -306,15 +342,7 @@ impl Drop for Proc {
 
 /// Runs `prefix... tracer-loadgen args...` to completion and returns its JSON summary.
 pub fn loadgen(prefix: &[&str], args: &[&str]) -> (u32, Value) {
-    let mut cmd = match prefix.split_first() {
-        Some((p, rest)) => {
-            let mut c = Command::new(p);
-            c.args(rest).arg(LOADGEN);
-            c
-        }
-        None => Command::new(LOADGEN),
-    };
-    let child = cmd
+    let child = command(prefix, LOADGEN)
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
@@ -329,6 +357,49 @@ pub fn loadgen(prefix: &[&str], args: &[&str]) -> (u32, Value) {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("loadgen said {text:?}: {e}")),
     )
 }
+
+/// [`loadgen`] of `SUB --addr ADDR --port PORT EXTRA...` (`client`, `refused`, `churn`).
+pub fn loadgen_at(
+    prefix: &[&str],
+    sub: &str,
+    addr: &str,
+    port: u16,
+    extra: &[&str],
+) -> (u32, Value) {
+    let port = port.to_string();
+    loadgen(prefix, &at_args(sub, addr, &port, extra))
+}
+
+/// The server side of an exchange: a `tracer-loadgen server` on `addr:port` that exits after
+/// serving `n` connections, so waiting for it proves every connection was handled. Spawn it
+/// before the tracer when the listener must predate it.
+pub fn exchange_server(addr: &str, port: u16, n: u64, extra: &[&str]) -> Proc {
+    let n = n.to_string();
+    let mut args = vec!["--max-conns", n.as_str()];
+    args.extend_from_slice(extra);
+    Proc::spawn_at(&[], "server", addr, port, &args)
+}
+
+/// The client side of an exchange: `n` clients of `server` (each with `extra`), run to
+/// completion. Asserts that all `n` connected and that the server then exited cleanly; returns
+/// the client process's pid and its summary.
+pub fn exchange_clients(
+    server: Proc,
+    addr: &str,
+    port: u16,
+    n: u64,
+    extra: &[&str],
+) -> (u32, Value) {
+    let count = n.to_string();
+    let mut args = vec!["--count", count.as_str()];
+    args.extend_from_slice(extra);
+    let (pid, summary) = loadgen_at(&[], "client", addr, port, &args);
+    assert_eq!(summary["connected"], n, "{summary}");
+    assert!(server.wait().success());
+    (pid, summary)
+}
+
+// ---- Socket lifecycles ----
 
 /// One socket's life: the transitions from its start (out of CLOSE, or a listener's child) to
 /// CLOSE. Addresses are reused after a socket is freed, so `sk` alone is not an identity.
@@ -420,6 +491,8 @@ pub const PASSIVE_CLOSE_SERVER: [&str; 5] = [
     "LAST_ACK->CLOSE",
 ];
 
+// ---- Network namespaces ----
+
 /// A network namespace for the duration of a test.
 pub struct Netns {
     pub name: String,
@@ -454,6 +527,24 @@ impl Netns {
             .unwrap();
         assert!(child.wait().unwrap().success(), "nft rejected {ruleset}");
     }
+
+    /// Drops inbound TCP packets to `port` that also match `matching` (nft syntax, may be
+    /// empty), in the namespace's own `tracer_test` table; [`Netns::clear_drops`] removes it.
+    /// Dropping on input, not output: a drop on output fails the send locally, which TCP does
+    /// not count as a transmission.
+    pub fn drop_inbound(&self, port: u16, matching: &str) {
+        let rule = format!("tcp dport {port} {matching}");
+        self.nft(&format!(
+            "table inet tracer_test {{\n chain inbound {{\n type filter hook input priority 0;\n \
+             {} drop\n }}\n}}\n",
+            rule.trim_end()
+        ));
+    }
+
+    /// Removes what [`Netns::drop_inbound`] added.
+    pub fn clear_drops(&self) {
+        self.nft("delete table inet tracer_test");
+    }
 }
 
 impl Drop for Netns {
@@ -470,4 +561,40 @@ pub fn sh(args: &[&str]) {
         .status()
         .expect(args[0]);
     assert!(status.success(), "{args:?}: {status}");
+}
+
+// ---- Waiting ----
+
+/// Waits for `child` to exit, killing it after `limit` (then `None`).
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().ok()? {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `probe` every `every` until it returns `Ok`. A miss after `limit` has passed panics
+/// with the message `why` makes of that last miss, so a failure shows what was last seen; the
+/// message is only built then.
+pub fn wait_until<T, E>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, E>,
+    why: impl FnOnce(E) -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("{}", why(e)),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
 }
