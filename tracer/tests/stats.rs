@@ -242,3 +242,54 @@ fn bad_intervals_are_usage_errors() {
         assert!(err.contains("--interval"), "{err}");
     }
 }
+
+#[test]
+fn bulk_transfer_bytes_are_exact_per_process() {
+    if !kernel_available("bulk_transfer_bytes_are_exact_per_process") {
+        return;
+    }
+    let ns = Netns::new("stb");
+    let tracer = stats_in(&ns);
+    // Gigabytes in 64 KiB calls on 4 long-lived connections: every send and receive is counted
+    // in the kernel, none is lost to a race between the threads.
+    let (pid, summary) = common::loadgen(
+        &ns.exec(),
+        &[
+            "bulk",
+            "--addr",
+            "127.0.0.1",
+            "--connections",
+            "4",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    let sent = summary["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent > 100 << 20,
+        "too little traffic to mean anything: {summary}"
+    );
+    assert_eq!(summary["bytes_received"].as_u64(), Some(sent));
+    let row = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let lines = tracer.json_lines();
+            let row = lines.last().and_then(|r| {
+                r["processes"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+                    .cloned()
+            });
+            match row {
+                Some(r) if r["bytes_received"].as_u64() == Some(sent) => Ok(r),
+                other => Err(other),
+            }
+        },
+        |last| format!("pid {pid} never showed {sent} bytes: {last:?}"),
+    );
+    assert_eq!(row["bytes_sent"].as_u64(), Some(sent), "{row}");
+    assert_eq!(row["comm"], "tracer-loadgen", "{row}");
+    tracer.stop();
+}

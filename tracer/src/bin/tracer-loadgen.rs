@@ -13,8 +13,11 @@
 //! - `refused` – connect attempts against a closed port.
 //! - `churn`   – in-process listener + clients, maximum connection rate.
 //! - `hold`    – keep N established connections open until SIGTERM/stdin EOF.
+//! - `bulk`    – long-lived connections streaming data for a bounded time.
 //! - `states`  – a known mix of states, held until stdin has a line or closes.
 
+#[path = "tracer-loadgen/bulk.rs"]
+mod bulk;
 #[path = "tracer-loadgen/churn.rs"]
 mod churn;
 #[path = "tracer-loadgen/cli.rs"]
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Refused(a) => client::run_refused(a),
         Command::Churn(a) => churn::run(a),
         Command::Hold(a) => hold::run(a),
+        Command::Bulk(a) => bulk::run(a),
         Command::States(a) => states::run(a),
     };
     match res {

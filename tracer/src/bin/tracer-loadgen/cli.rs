@@ -28,9 +28,25 @@ pub enum Command {
     Churn(ChurnArgs),
     /// Open N loopback connections (2N sockets) and keep them until told to stop.
     Hold(HoldArgs),
+    /// Long-lived connections streaming data for a bounded time.
+    Bulk(BulkArgs),
     /// Build a known mix of states (ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, TIME_WAIT, pending
     /// accepts) and hold it until stdin has a line or closes.
     States(StatesArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BulkArgs {
+    #[arg(long)]
+    pub addr: IpAddr,
+    /// 0 = ephemeral.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Connections, each with one sending and one receiving thread.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub connections: u64,
+    #[arg(long, value_parser = parse_secs)]
+    pub duration_secs: f64,
 }
 
 #[derive(Debug, Clone, Args)]
