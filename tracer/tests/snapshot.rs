@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{kernel_available, port, wait_until};
@@ -527,119 +527,5 @@ fn fast_open_child_in_syn_recv_is_full() {
         drop(accepted);
         // SAFETY: closing the fd opened above.
         unsafe { libc::close(client) };
-    });
-}
-
-fn bench_size() -> usize {
-    std::env::var("TRACER_SNAPSHOT_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
-}
-
-/// Best of five runs of `f`, with its result.
-fn best_of_five<T>(f: impl Fn() -> T) -> (T, Duration) {
-    let mut best = Duration::MAX;
-    let mut out = None;
-    for _ in 0..5 {
-        let t = Instant::now();
-        out = Some(f());
-        best = best.min(t.elapsed());
-    }
-    (out.expect("ran"), best)
-}
-
-/// Times dump() and count() of every selection, and `ss -tan` for reference.
-fn report_timings(what: &str, created: Duration) -> Counts {
-    let (all, t_dump_all) = best_of_five(|| snapshot::dump(Kinds::ALL).unwrap().len());
-    let (_, t_dump_mini) = best_of_five(|| snapshot::dump(Kinds::MINI).unwrap().len());
-    let (counts, t_count_all) = best_of_five(|| snapshot::count(Kinds::ALL).unwrap());
-    let (_, t_count_mini) = best_of_five(|| snapshot::count(Kinds::MINI).unwrap());
-    let (_, t_count_full) = best_of_five(|| snapshot::count(Kinds::FULL).unwrap());
-    let (ss, t_ss) = best_of_five(|| {
-        let out = Command::new("ss").args(["-tanH"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    });
-    eprintln!(
-        "{what}: created in {created:?}; {all} sockets dumped, {ss} lines from ss (best of 5)\n  \
-         dump(ALL) {t_dump_all:?}, dump(MINI) {t_dump_mini:?}\n  \
-         count(ALL) {t_count_all:?}, count(MINI) {t_count_mini:?}, count(FULL) {t_count_full:?}\n  \
-         ss -tanH {t_ss:?}"
-    );
-    counts
-}
-
-/// Creates many timewait sockets in a private namespace and times dump() and count().
-/// `TRACER_SNAPSHOT_N` sets how many (default 100,000).
-#[test]
-#[ignore = "benchmark: cargo test --release -p tracer --test snapshot -- --ignored --nocapture"]
-fn timing_of_a_large_timewait_dump() {
-    if !kernel_available("timing_of_a_large_timewait_dump") {
-        return;
-    }
-    let n = bench_size();
-    in_private_netns(|| {
-        for (knob, value) in [
-            ("tcp_max_tw_buckets", "1000000"),
-            ("tcp_tw_reuse", "0"),
-            ("ip_local_port_range", "10000 65000"),
-        ] {
-            std::fs::write(format!("/proc/sys/net/ipv4/{knob}"), value).unwrap();
-        }
-        let listeners: Vec<_> = (0..4)
-            .map(|i| TcpListener::bind(("127.0.0.1", 5000 + i)).unwrap())
-            .collect();
-        let start = Instant::now();
-        for i in 0..n {
-            let l = &listeners[i % listeners.len()];
-            let cl = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (mut sv, _) = l.accept().unwrap();
-            drop(cl);
-            read_to_eof(&mut sv);
-        }
-        let made = start.elapsed();
-        // Let the last LAST_ACKs complete.
-        std::thread::sleep(Duration::from_millis(200));
-        let counts = report_timings(&format!("{n} TIME_WAIT"), made);
-        assert_eq!(counts.get(SockKind::TimeWait, TIME_WAIT) as usize, n);
-    });
-}
-
-/// Same with established connections: `TRACER_SNAPSHOT_N` sockets in N/2 loopback pairs.
-#[test]
-#[ignore = "benchmark: cargo test --release -p tracer --test snapshot -- --ignored --nocapture"]
-fn timing_of_a_large_established_dump() {
-    if !kernel_available("timing_of_a_large_established_dump") {
-        return;
-    }
-    // Each socket needs an fd: raise the soft limit to the hard one, and stay below it (raising
-    // the hard limit needs CAP_SYS_RESOURCE, which containers often lack).
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let room = usize::try_from(limit.rlim_max).unwrap_or(usize::MAX) - 500;
-    let n = bench_size().min(room);
-    in_private_netns(|| {
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000").unwrap();
-        let listeners: Vec<_> = (0..4)
-            .map(|i| TcpListener::bind(("127.0.0.1", 5000 + i)).unwrap())
-            .collect();
-        let start = Instant::now();
-        let mut keep = Vec::with_capacity(n);
-        for i in 0..n / 2 {
-            let l = &listeners[i % listeners.len()];
-            keep.push(TcpStream::connect(l.local_addr().unwrap()).unwrap());
-            keep.push(l.accept().unwrap().0);
-        }
-        let made = start.elapsed();
-        let counts = report_timings(&format!("{n} ESTABLISHED"), made);
-        assert_eq!(counts.get(SockKind::Full, ESTABLISHED) as usize, n / 2 * 2);
     });
 }
