@@ -208,6 +208,10 @@ fn scale_markdown(s: &Scale) -> String {
             "… of which anonymous (its heap; the rest is mostly the 16 MiB ring buffer, mapped twice), MiB",
             c(&s.anon_rss_mib, 1),
         ),
+        (
+            "`tracer agent` PSS (every page counted once: the ring buffer's double mapping is not), MiB",
+            c(&s.pss_mib, 1),
+        ),
         ("`tracer agent` peak RSS, MiB", c(&s.peak_rss_mib, 1)),
         (
             "`tracer stats --json --count 1 --interval 0.1` (attach, dump, one report), ms",
@@ -260,7 +264,7 @@ fn scale_json(s: &Scale) -> Value {
         "established_held": s.sockets, "hold_processes": s.holders, "setup_s": s.setup_s,
         "agent_startup_s": series(&s.startup_s), "agent_snapshot_ms": series(&s.snapshot_ms),
         "agent_rss_mib": series(&s.rss_mib),
-        "agent_anon_rss_mib": series(&s.anon_rss_mib), "agent_peak_rss_mib": series(&s.peak_rss_mib),
+        "agent_anon_rss_mib": series(&s.anon_rss_mib), "agent_pss_mib": series(&s.pss_mib), "agent_peak_rss_mib": series(&s.peak_rss_mib),
         "stats_standalone_s": series(&s.stats_standalone_s),
         "stats_agent_s": series(&s.stats_agent_s), "ss_awk_s": series(&s.ss_s),
         "established_counts": counts,

@@ -47,6 +47,9 @@ pub struct Scale {
     /// Anonymous part of `rss_mib`: the agent's own heap. The rest is file-backed, mostly the
     /// ring buffer's mapping (its data pages are mapped twice) and the binary.
     pub anon_rss_mib: Vec<f64>,
+    /// Proportional set size: memory counted once. RSS counts the ring buffer's data pages
+    /// twice (the kernel maps them twice so records never wrap), PSS does not.
+    pub pss_mib: Vec<f64>,
     pub peak_rss_mib: Vec<f64>,
     pub stats_standalone_s: Vec<f64>,
     pub stats_agent_s: Vec<f64>,
@@ -162,6 +165,16 @@ fn vm_kib(pid: u32, field: &str) -> Result<f64> {
         .with_context(|| format!("no {field}"))
 }
 
+/// `Pss` of /proc/PID/smaps_rollup, in KiB.
+fn pss_kib(pid: u32) -> Result<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
 /// `ms=N` of the agent's `start-up snapshot` log line, if it has come.
 fn snapshot_ms(lines: &mpsc::Receiver<String>) -> Option<f64> {
     lines
@@ -214,6 +227,7 @@ impl Scale {
             self.rss_mib.push(vm_kib(agent.id(), "VmRSS")? / 1024.0);
             self.anon_rss_mib
                 .push(vm_kib(agent.id(), "RssAnon")? / 1024.0);
+            self.pss_mib.push(pss_kib(agent.id())? / 1024.0);
             self.peak_rss_mib
                 .push(vm_kib(agent.id(), "VmHWM")? / 1024.0);
             self.counts.push(Counts {
