@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (nightly rust-src, bpf-linker, Debian packages).
+    /// Install what building and testing need (nightly rust-src, bpf-linker, cargo-fuzz, Debian
+    /// packages).
     /// Idempotent: returns at once when everything is there.
     Setup,
     /// Build everything in release mode; the agent lands at target/release/tracer.

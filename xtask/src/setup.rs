@@ -48,6 +48,11 @@ fn bpf_linker_works() -> bool {
     output("bpf-linker", &["--version"]).is_some()
 }
 
+/// `cargo fuzz` runs the capture decoder's fuzz target in `cargo xtask test`.
+fn cargo_fuzz_works() -> bool {
+    output("cargo", &["fuzz", "--version"]).is_some()
+}
+
 fn missing_packages() -> Vec<&'static str> {
     let mut pkgs: Vec<&str> = PACKAGES
         .iter()
@@ -74,6 +79,9 @@ pub fn check() -> Result<()> {
     }
     if !bpf_linker_works() {
         missing.push("bpf-linker".to_owned());
+    }
+    if !cargo_fuzz_works() {
+        missing.push("cargo-fuzz".to_owned());
     }
     let pkgs = missing_packages();
     if !pkgs.is_empty() {
@@ -107,6 +115,15 @@ pub fn run() -> Result<()> {
     }
     if !bpf_linker_works() {
         install_bpf_linker(&sysroot)?;
+    }
+    if !cargo_fuzz_works() {
+        // 0.13 builds with the stable toolchain; the fuzz target itself needs nightly.
+        cmd::run(
+            "cargo",
+            &["install", "cargo-fuzz", "--version", "^0.13", "--locked"],
+            &[],
+        )
+        .context("installing cargo-fuzz (the decoder fuzz target in `cargo xtask test`)")?;
     }
     let pkgs = missing_packages();
     if !pkgs.is_empty() {

@@ -410,3 +410,44 @@ fn write_throughput_and_size_per_record() {
         "{plain:?}"
     );
 }
+
+/// Regenerates the cargo-fuzz seed corpus (`fuzz/corpus/capture_decoder/`): small valid captures
+/// holding every item kind, stored and zstd-compressed. Run with
+/// `cargo test -p tracer --lib capture::tests::write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes the committed fuzz seeds"]
+fn write_fuzz_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/capture_decoder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = items();
+    // Every non-kernel item, the last two kernel records (IPv6, unknown kind) and a few others.
+    let kernel_at: Vec<usize> = (0..all.len())
+        .filter(|&i| matches!(all[i], Item::Kernel(_)))
+        .collect();
+    let keep = |i: usize| {
+        let k = kernel_at.iter().position(|&j| j == i);
+        k.is_none_or(|k| k < 10 || k + 2 >= kernel_at.len())
+    };
+    let every: Vec<Item> = (0..all.len())
+        .filter(|&i| keep(i))
+        .map(|i| all[i].clone())
+        .collect();
+    let kernel_only: Vec<Item> = kernel_at[..8].iter().map(|&i| all[i].clone()).collect();
+    for (name, items, level, block_bytes) in [
+        ("every-item-plain.trc", &every[..], None, 512),
+        ("every-item-zstd.trc", &every[..], Some(3), 1024),
+        ("kernel-only-plain.trc", &kernel_only[..], None, 1 << 16),
+    ] {
+        let path = tmp(name);
+        write(&path, items, level, block_bytes);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(read_bytes(&bytes).unwrap().1.is_empty());
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    // A bare block payload: the fuzz target decodes inputs without the capture magic as one.
+    let mut b = super::records::BlockBuilder::default();
+    every.iter().for_each(|i| b.push(i));
+    let payload = b.finish();
+    assert_eq!(super::records::decode_payload(&payload).unwrap(), every);
+    std::fs::write(dir.join("every-item.payload"), payload).unwrap();
+}
