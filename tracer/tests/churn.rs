@@ -28,7 +28,10 @@ fn full_rate_churn_is_accounted_exactly() {
     }
     let port = port();
     let p = port.to_string();
-    let tracer = Tracer::start(&["--port", &p, "--type", "state"]);
+    // ~1 GB of JSON goes to a file on this VM's disk in 10 s; writeback can stall the writer
+    // for a few hundred ms, longer than the default 16M ring holds at this rate (~0.25 s). A
+    // 128M ring absorbs such stalls: what is tested here is that the tracer's own paths keep up.
+    let tracer = Tracer::start(&["--port", &p, "--type", "state", "--ring-size", "128M"]);
     let (pid, summary) = loadgen_at(
         &[],
         "churn",
