@@ -77,16 +77,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     eprintln!("{}; streaming (Ctrl-C to stop)", session.attached_line());
     let (probes, mut rx, cancel, reader) = session.into_parts();
 
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let mut printer = Printer::new(
-        BufWriter::with_capacity(1 << 16, io::stdout()),
-        format,
-        Clock::new(),
-    );
+    let mut printer = stdout_printer(args.json);
     let mut summary = Summary::default();
     printer.header().map_err(StreamError::Output)?;
     let view = View::of(&args.filter);
@@ -119,6 +110,16 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     }
     read?;
     Ok(summary)
+}
+
+/// The stream's printer: buffered stdout, columns or JSON lines, wall time from now on.
+pub fn stdout_printer(json: bool) -> Printer<BufWriter<io::Stdout>> {
+    let format = if json { Format::Json } else { Format::Human };
+    Printer::new(
+        BufWriter::with_capacity(1 << 16, io::stdout()),
+        format,
+        Clock::new(),
+    )
 }
 
 /// Which records of state events the user asked for.

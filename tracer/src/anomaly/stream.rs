@@ -3,7 +3,7 @@
 //! and anomaly records are printed as the detectors raise or clear them.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::Duration,
 };
 
@@ -12,12 +12,11 @@ use tokio::time::Instant;
 use super::Config;
 use crate::{
     cli::{EventType, StreamArgs},
-    clock::Clock,
     event::Detail,
     live::{Live, LiveOptions, Next},
-    output::{Format, Printer, Record},
+    output::{Printer, Record},
     probes::ProbeOptions,
-    stream::{StreamError, Summary, report_losses},
+    stream::{StreamError, Summary, report_losses, stdout_printer},
 };
 
 /// Detectors run once a second.
@@ -53,16 +52,7 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
         }
     }
     eprintln!("tracer: detecting anomalies; streaming (Ctrl-C to stop)");
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let mut printer = Printer::new(
-        BufWriter::with_capacity(1 << 16, io::stdout()),
-        format,
-        Clock::new(),
-    );
+    let mut printer = stdout_printer(args.json);
     let f = &args.filter;
     // With only `--type anomaly`, nothing else is printed.
     let show = |t| f.wants(t) && !(f.types.len() == 1 && f.types[0] == EventType::Anomaly);
