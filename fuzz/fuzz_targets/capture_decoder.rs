@@ -179,19 +179,7 @@ fuzz_target!(|data: &[u8]| {
             read_capture(&sealed);
         }
     } else if let Ok(items) = decode_payload(data) {
-        let mut replay = Replay::new(FileHeader {
-            tracer_version: String::new(),
-            host: String::new(),
-            kernel: String::new(),
-            started: String::new(),
-            clock_offset_ns: 0,
-            netns: None,
-            source: String::new(),
-            filter: String::new(),
-            file_index: 0,
-            print_states: true,
-            print_closes: true,
-        });
+        let mut replay = Replay::new(FileHeader::placeholder());
         items.into_iter().for_each(|i| replay.item(i));
         replay.finish();
     }

@@ -50,6 +50,26 @@ pub struct FileHeader {
     pub print_closes: bool,
 }
 
+impl FileHeader {
+    /// Stands in until a file's real header is read (or where there is none, as for a bare
+    /// block payload): empty identity, every record type printed.
+    pub fn placeholder() -> Self {
+        Self {
+            tracer_version: String::new(),
+            host: String::new(),
+            kernel: String::new(),
+            started: String::new(),
+            clock_offset_ns: 0,
+            netns: None,
+            source: String::new(),
+            filter: String::new(),
+            file_index: 0,
+            print_states: true,
+            print_closes: true,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

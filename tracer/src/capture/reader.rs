@@ -80,7 +80,7 @@ impl<R: Read> CaptureReader<R> {
             start: 0,
             offset: 0,
             eof: false,
-            header: placeholder_header(),
+            header: FileHeader::placeholder(),
             header_damaged: false,
         };
         let bad = |why: &str| CaptureError::Header {
@@ -252,21 +252,5 @@ impl<R: Read> CaptureReader<R> {
             items: None,
             reason,
         }))
-    }
-}
-
-fn placeholder_header() -> FileHeader {
-    FileHeader {
-        tracer_version: String::new(),
-        host: String::new(),
-        kernel: String::new(),
-        started: String::new(),
-        clock_offset_ns: 0,
-        netns: None,
-        source: String::new(),
-        filter: String::new(),
-        file_index: 0,
-        print_states: true,
-        print_closes: true,
     }
 }
