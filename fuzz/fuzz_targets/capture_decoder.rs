@@ -1,7 +1,8 @@
 //! Arbitrary bytes through the capture decoder and everything `tracer replay` and `tracer export`
 //! do with what it yields: the reader (header, block framing, resync), the payload and column
-//! decoders, kernel-record decoding, the stream printer in both formats, CSV rows, and the stats
-//! aggregation restored from snapshots. Errors are fine; a panic is a bug.
+//! decoders, kernel-record decoding, the stream printer in both formats, CSV rows, the stats
+//! aggregation restored from snapshots, and offline anomaly detection (`replay --anomalies`).
+//! Errors are fine; a panic is a bug.
 //!
 //! Checksums would stop most mutations at the block framing, so each capture-shaped input is
 //! also read a second time with its block checksums recomputed, and an input without the capture
@@ -13,63 +14,24 @@ use std::{io::Cursor, path::Path};
 
 use libfuzzer_sys::fuzz_target;
 use tracer::{
-    aggregate::{Aggregator, view::ProcSort},
+    aggregate::view::ProcSort,
+    anomaly::Config,
     capture::{
+        anomalies::{self, Redetect},
         export::csv_row,
         format::{BLOCK_HEADER_LEN, BLOCK_MAGIC, FILE_MAGIC, FILE_PREFIX_LEN, FileHeader},
         reader::{CaptureReader, Chunk},
         records::{Item, decode_payload},
-        replay::{filtered, print_item},
-        state,
+        replay::{Shown, print_item},
+        timeline::Timeline,
         walk::WalkReport,
     },
     clock::Clock,
-    loss::{LossCause, LossTotals},
     output::Format,
     stats,
     stream::View,
 };
 use tracer_common::Filter;
-
-/// Replay's stats aggregation, as `tracer replay --stats` drives it.
-#[derive(Default)]
-struct Stats {
-    agg: Option<Aggregator>,
-    losses: LossTotals,
-}
-
-impl Stats {
-    fn apply(&mut self, item: &Item, netns: Option<u32>, resync: bool) {
-        match item {
-            Item::Snapshot(s) => {
-                if self.agg.is_none() || resync {
-                    let mut losses = LossTotals::default();
-                    self.agg = Some(state::restore(s, netns, Some(&Filter::ANY), &mut losses));
-                    self.losses = losses;
-                }
-            }
-            Item::Refresh(r) => {
-                let agg = self
-                    .agg
-                    .get_or_insert_with(|| Aggregator::new(1 << 10, None));
-                state::apply_refresh(agg, &mut self.losses, r);
-            }
-            Item::Kernel(r) => {
-                if let Some(Ok(ev)) = filtered(&Filter::ANY, r) {
-                    self.agg
-                        .get_or_insert_with(|| Aggregator::new(1 << 10, netns))
-                        .apply(&ev);
-                }
-            }
-            Item::Lost { cause, count, .. } => {
-                if let Some(c) = LossCause::from_name(cause) {
-                    self.losses.add(c, *count);
-                }
-            }
-            Item::Printed { .. } | Item::Unknown { .. } => {}
-        }
-    }
-}
 
 fn u32_at(b: &[u8], at: usize) -> usize {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize
@@ -101,29 +63,37 @@ fn reseal(data: &[u8]) -> Vec<u8> {
 struct Replay {
     header: FileHeader,
     report: WalkReport,
-    stats: Stats,
-    resync: bool,
+    stats: Timeline,
+    detect: Redetect,
     out: Vec<u8>,
 }
 
 impl Replay {
     fn new(header: FileHeader) -> Self {
+        let mut stats = Timeline::new(Filter::ANY);
+        stats.netns = header.netns;
+        let mut detect = Redetect::new(Config::default(), &Filter::ANY);
+        let _ = detect.file(&header, "fuzz");
         Self {
             header,
             report: WalkReport::default(),
-            stats: Stats::default(),
-            resync: false,
+            stats,
+            detect,
             out: Vec::new(),
         }
     }
 
     fn item(&mut self, item: Item) {
-        let view = View {
-            states: true,
-            closes: true,
+        let shown = Shown {
+            view: View {
+                states: true,
+                closes: true,
+            },
+            recorded_anomalies: true,
         };
-        self.stats.apply(&item, self.header.netns, self.resync);
-        self.resync = false;
+        self.stats.apply(&item, &mut WalkReport::default());
+        let mut found = self.detect.due(&item);
+        found.extend(self.detect.apply(&item));
         for format in [Format::Human, Format::Json] {
             self.out.clear();
             let _ = print_item(
@@ -131,10 +101,11 @@ impl Replay {
                 &self.header,
                 format,
                 &Filter::ANY,
-                view,
+                shown,
                 item.clone(),
                 &mut self.report,
             );
+            let _ = anomalies::print(&mut self.out, &self.header, format, found.clone());
             if format == Format::Json {
                 // `tracer export --format csv`.
                 for line in self.out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -146,13 +117,13 @@ impl Replay {
         }
     }
 
-    fn finish(&self) {
-        if let Some(agg) = &self.stats.agg {
-            let s = agg.stats(agg.now_ns, 10, ProcSort::default(), &self.stats.losses);
-            let at = Clock::with_offset(self.header.clock_offset_ns).wall(agg.now_ns);
-            let _ = stats::json_line(&s, at);
-            let _ = stats::render_human(&s, at, ProcSort::default());
-        }
+    fn finish(&mut self) {
+        let losses = self.stats.losses.clone();
+        let agg = self.stats.agg();
+        let s = agg.stats(agg.now_ns, 10, ProcSort::default(), &losses);
+        let at = Clock::with_offset(self.header.clock_offset_ns).wall(agg.now_ns);
+        let _ = stats::json_line(&s, at);
+        let _ = stats::render_human(&s, at, ProcSort::default());
     }
 }
 
@@ -164,7 +135,10 @@ fn read_capture(data: &[u8]) {
     loop {
         match reader.next_chunk() {
             Ok(None) | Err(_) => break,
-            Ok(Some(Chunk::Skipped(_))) => replay.resync = true,
+            Ok(Some(Chunk::Skipped(_))) => {
+                replay.stats.gap();
+                replay.detect.gap();
+            }
             Ok(Some(Chunk::Block { items, .. })) => items.into_iter().for_each(|i| replay.item(i)),
         }
     }

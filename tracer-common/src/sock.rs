@@ -20,7 +20,11 @@ pub struct SockInfo {
     pub retransmits: u32,
     /// An [`crate::OwnerSource`].
     pub owner_src: u8,
-    pub _pad: [u8; 3],
+    /// 1 while this passive child's `LISTEN -> SYN_RECV` waits to be emitted: kernels before
+    /// 6.x set the state before copying the peer's address into the new socket, so the
+    /// tracepoint reports no peer; the kernel program emits it with the next transition.
+    pub open_pending: u8,
+    pub _pad: [u8; 2],
 }
 
 impl SockInfo {
@@ -35,7 +39,8 @@ impl SockInfo {
             netns: 0,
             retransmits: 0,
             owner_src,
-            _pad: [0; 3],
+            open_pending: 0,
+            _pad: [0; 2],
         }
     }
 }

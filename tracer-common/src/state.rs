@@ -39,6 +39,12 @@ pub fn name(state: u8) -> Option<&'static str> {
     }
 }
 
+/// The netstat name of a state for display: `UNKNOWN` for a number the kernel does not define,
+/// so one odd record never stops a report.
+pub fn display(state: u8) -> &'static str {
+    name(state).unwrap_or("UNKNOWN")
+}
+
 /// Parses a netstat state name (case-insensitive; `-` and `_` are interchangeable, as `ss`
 /// prints `FIN-WAIT-1` where netstat prints `FIN_WAIT1`).
 pub fn from_name(text: &str) -> Option<u8> {
@@ -83,6 +89,9 @@ mod tests {
         }
         assert_eq!(name(0), None);
         assert_eq!(name(13), None);
+        assert_eq!(display(LISTEN), "LISTEN");
+        assert_eq!(display(0), "UNKNOWN");
+        assert_eq!(display(13), "UNKNOWN");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
@@ -77,6 +77,22 @@ static NET_INUM: FieldLoc = FieldLoc::ABSENT;
 static SKB_DEV: FieldLoc = FieldLoc::ABSENT;
 #[unsafe(no_mangle)]
 static DEV_NET: FieldLoc = FieldLoc::ABSENT;
+
+/// Kernels without `sock_send_length`: bytes are read from the socket when it closes
+/// (`tcp_sock.bytes_sent - bytes_retrans`, `bytes_received` less the peer's FIN, which
+/// `SOCK_DONE` in `sk_flags` marks). 1 turns this on.
+#[unsafe(no_mangle)]
+static BYTES_AT_CLOSE: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_BYTES_SENT: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static TCP_BYTES_RETRANS: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static TCP_BYTES_RECEIVED: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static SK_FLAGS: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static SOCK_DONE_BIT: u32 = 0;
 
 /// Reads a small field of the socket beyond the copied prefix.
 #[inline(always)]
@@ -283,8 +299,47 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     ev.family = family;
     fill_addrs(rec, l, family, ev);
 
-    track_owner(ev, now);
+    if old == state::LISTEN && new == state::SYN_RECV && ev.dport == 0 {
+        // The peer is not in the new socket yet (older kernels): emitted with the next one.
+        // Without a map entry (map full) it goes out now, peer unknown, rather than never.
+        track_owner(ev, now);
+        if let Some(e) = SOCKS.get_ptr_mut(sk) {
+            unsafe { (*e).open_pending = 1 };
+            return Ok(());
+        }
+        return emit(s);
+    }
+    // A failed output is counted in `emit`; this transition must be handled regardless.
+    let _ = emit_pending_open(s, now);
+    track_owner(&mut s.ev, now);
     emit(s)
+}
+
+/// Emits a passive child's deferred `LISTEN -> SYN_RECV`, with the addresses of the transition
+/// now being handled (the peer is known by then), at its own time and owner.
+#[inline(always)]
+fn emit_pending_open(s: &mut Slot, now: u64) -> Result<(), i64> {
+    let ev = &mut s.ev;
+    let Some(e) = SOCKS.get_ptr_mut(ev.sk) else {
+        return Ok(());
+    };
+    let e = unsafe { &mut *e };
+    if e.open_pending == 0 || ev.old_state != state::SYN_RECV {
+        return Ok(());
+    }
+    e.open_pending = 0;
+    let (old, new) = (ev.old_state, ev.new_state);
+    ev.old_state = state::LISTEN;
+    ev.new_state = state::SYN_RECV;
+    ev.ts_ns = e.start_ts;
+    ev.pid = e.pid;
+    ev.comm = e.comm;
+    ev.owner_src = e.owner_src;
+    ev.netns = e.netns;
+    let emitted = emit(s);
+    let ev = &mut s.ev;
+    (ev.old_state, ev.new_state, ev.ts_ns) = (old, new, now);
+    emitted
 }
 
 /// A transition the classic program did not handle, read from the socket itself.
@@ -395,6 +450,9 @@ fn track_owner(ev: &mut RawEvent, now: u64) {
     }
     if new == state::CLOSE {
         ev.err = sock_read::<i32>(sk, &SOCK_ERR).unwrap_or(0);
+        if load(&BYTES_AT_CLOSE) != 0 {
+            bytes_at_close(ev);
+        }
     }
 
     if new == state::LISTEN {
@@ -421,7 +479,7 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     let sk = s.rec.uint(&l.skaddr);
     s.mark(retransmit_mark(sk, s.rec.uint(&l.skbaddr)));
     let rec = &s.rec;
-    let family = rec.uint(&l.family) as u16;
+    let family = rec.family(l);
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
@@ -528,7 +586,7 @@ fn try_signal(
             rec.bytes_at::<4>(d + 4, &mut ev.daddr);
         }
     } else {
-        ev.family = rec.uint(&l.family) as u16;
+        ev.family = rec.family(l);
         ev.sport = rec.uint(&l.sport) as u16;
         ev.dport = rec.uint(&l.dport) as u16;
         fill_addrs(rec, l, ev.family, ev);
@@ -622,27 +680,68 @@ fn try_count_bytes(
             }
         }
     }
+    proc_add(
+        tgid,
+        || comm.unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; 16])),
+        dir,
+        bytes,
+    );
+    Ok(())
+}
+
+/// The closing socket's own byte counters, into the close record and the owner's totals.
+#[inline(always)]
+fn bytes_at_close(ev: &mut RawEvent) {
+    let sk = ev.sk;
+    let sent = sock_read::<u64>(sk, &TCP_BYTES_SENT).unwrap_or(0);
+    let retrans = sock_read::<u64>(sk, &TCP_BYTES_RETRANS).unwrap_or(0);
+    let mut received = sock_read::<u64>(sk, &TCP_BYTES_RECEIVED).unwrap_or(0);
+    let flags = sock_read::<u64>(sk, &SK_FLAGS).unwrap_or(0);
+    if (flags >> (load(&SOCK_DONE_BIT) & 63)) & 1 == 1 {
+        received = received.saturating_sub(1);
+    }
+    ev.bytes_sent = sent.saturating_sub(retrans);
+    ev.bytes_received = received;
+    if ev.pid == 0 {
+        return;
+    }
+    let comm = ev.comm;
+    if ev.bytes_sent != 0 {
+        proc_add(ev.pid, || comm, Direction::Sent, ev.bytes_sent);
+    }
+    if ev.bytes_received != 0 {
+        proc_add(ev.pid, || comm, Direction::Received, ev.bytes_received);
+    }
+}
+
+/// Adds to a process's totals. Two CPUs can both find no entry: only one insert wins
+/// (`BPF_NOEXIST`), and the other adds to the winner's entry instead of overwriting it.
+#[inline(always)]
+fn proc_add(tgid: u32, comm: impl FnOnce() -> [u8; 16], dir: Direction, n: u64) {
+    if let Some(p) = PROCS.get_ptr_mut(tgid) {
+        let p = unsafe { &mut *p };
+        add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, n);
+        return;
+    }
+    let mut p = ProcTraffic {
+        bytes_sent: 0,
+        bytes_received: 0,
+        comm: comm(),
+    };
+    match dir {
+        Direction::Sent => p.bytes_sent = n,
+        Direction::Received => p.bytes_received = n,
+    }
+    if PROCS.insert(tgid, p, BPF_NOEXIST.into()).is_ok() {
+        return;
+    }
     match PROCS.get_ptr_mut(tgid) {
         Some(p) => {
             let p = unsafe { &mut *p };
-            add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, bytes);
+            add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, n);
         }
-        None => {
-            let mut p = ProcTraffic {
-                bytes_sent: 0,
-                bytes_received: 0,
-                comm: match comm {
-                    Some(c) => c,
-                    None => bpf_get_current_comm().unwrap_or([0; 16]),
-                },
-            };
-            add_bytes(&mut p.bytes_sent, &mut p.bytes_received, dir, bytes);
-            if PROCS.insert(tgid, p, 0).is_err() {
-                count(Counter::ProcMapFull);
-            }
-        }
+        None => count(Counter::ProcMapFull),
     }
-    Ok(())
 }
 
 /// Atomic adds: threads of one process send concurrently on other CPUs (and the tracepoints

@@ -2,7 +2,7 @@
 //! catcher reads.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
-use tracer_common::{FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
+use tracer_common::{AF_INET, AF_INET6, FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
 
 /// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
 /// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
@@ -132,6 +132,19 @@ impl Record {
                 _ => 0,
             }
         }
+    }
+
+    /// The address family of a tracepoint with both address forms. Kernels before 5.13 have no
+    /// `family` field in the tcp tracepoints; they store IPv4 endpoints as v4-mapped IPv6 ones.
+    #[inline(always)]
+    pub fn family(&self, l: &'static TpLayout) -> u16 {
+        if load(&l.family).is_present() {
+            return self.uint(&l.family) as u16;
+        }
+        let mut v6 = [0u8; 16];
+        self.bytes(&l.saddr_v6, &mut v6);
+        let mapped = v6[..10].iter().all(|&b| b == 0) && v6[10] == 0xff && v6[11] == 0xff;
+        if mapped { AF_INET } else { AF_INET6 }
     }
 
     /// A native-order `u16` at a byte offset (inside a larger field such as a sockaddr).

@@ -155,7 +155,20 @@ impl Btf {
                     }
                     pos += 12 * vlen;
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => pos += 8 * vlen,
+                KIND_ENUM => {
+                    // Enumerators are kept as members: name and value (as `ty`).
+                    for i in 0..vlen {
+                        let m = pos + 8 * i;
+                        t.members.push(Member {
+                            name: u32_at(tsec, m).ok_or(short.clone())?,
+                            ty: u32_at(tsec, m + 4).ok_or(short.clone())?,
+                            bit_offset: 0,
+                            bitfield: false,
+                        });
+                    }
+                    pos += 8 * vlen;
+                }
+                KIND_FUNC_PROTO => pos += 8 * vlen,
                 KIND_DATASEC | KIND_ENUM64 => pos += 12 * vlen,
                 _ => {}
             }
@@ -173,6 +186,16 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// The value of a (32-bit) enumerator such as `SOCK_DONE`.
+    pub fn enumerator(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM)
+            .flat_map(|t| &t.members)
+            .find(|m| self.string(m.name) == name)
+            .map(|m| m.ty)
     }
 
     fn string(&self, off: u32) -> &str {
@@ -283,6 +306,8 @@ pub struct SockLayout {
     /// Absent (size 0) when the kernel's BTF lacks them; such packets then have no namespace.
     pub skb_dev: tracer_common::FieldLoc,
     pub dev_net: tracer_common::FieldLoc,
+    /// Absent when the kernel's BTF lacks one of them; bytes then need `sock_send_length`.
+    pub close_bytes: Result<CloseBytes, String>,
 }
 
 pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
@@ -340,6 +365,41 @@ pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
         net_inum: loc_in("net", &["ns", "inum"], 4)?,
         skb_dev: loc_in("sk_buff", &["dev"], 8).unwrap_or(FieldLoc::ABSENT),
         dev_net: loc_in("net_device", &["nd_net", "net"], 8).unwrap_or(FieldLoc::ABSENT),
+        close_bytes: close_bytes(btf, &loc_in),
+    })
+}
+
+/// What a socket says about its bytes at close, for kernels without `sock_send_length`.
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(clippy::struct_field_names)]
+pub struct CloseBytes {
+    /// `tcp_sock.bytes_sent` (payload transmitted, retransmissions included) and
+    /// `bytes_retrans`: their difference is the payload sent.
+    pub bytes_sent: tracer_common::FieldLoc,
+    pub bytes_retrans: tracer_common::FieldLoc,
+    /// `tcp_sock.bytes_received`: advances of `rcv_nxt`, the peer's FIN included.
+    pub bytes_received: tracer_common::FieldLoc,
+    /// `sock.sk_flags` and the bit of `SOCK_DONE`, set when the peer's FIN arrived.
+    pub sk_flags: tracer_common::FieldLoc,
+    pub sock_done_bit: u32,
+}
+
+/// Finds a member's location: (struct, path, expected size).
+type Locate<'a> = &'a dyn Fn(&str, &[&str], u32) -> Result<tracer_common::FieldLoc, String>;
+
+fn close_bytes(btf: &Btf, loc_in: Locate<'_>) -> Result<CloseBytes, String> {
+    let bit = btf
+        .enumerator("SOCK_DONE")
+        .ok_or("BTF has no enumerator SOCK_DONE")?;
+    if bit >= 64 {
+        return Err(format!("SOCK_DONE is bit {bit}"));
+    }
+    Ok(CloseBytes {
+        bytes_sent: loc_in("tcp_sock", &["bytes_sent"], 8)?,
+        bytes_retrans: loc_in("tcp_sock", &["bytes_retrans"], 8)?,
+        bytes_received: loc_in("tcp_sock", &["bytes_received"], 8)?,
+        sk_flags: loc_in("sock", &["__sk_common", "skc_flags"], 8)?,
+        sock_done_bit: bit,
     })
 }
 

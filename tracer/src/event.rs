@@ -26,7 +26,7 @@ pub struct TcpState(u8);
 
 impl TcpState {
     pub fn name(self) -> &'static str {
-        state::name(self.0).unwrap_or("UNKNOWN")
+        state::display(self.0)
     }
     pub fn number(self) -> u8 {
         self.0

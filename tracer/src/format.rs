@@ -199,7 +199,8 @@ impl Tracepoint {
             spec(State, &["state"], INT, true),
             spec(Sport, &["sport"], &[2], true),
             spec(Dport, &["dport"], &[2], true),
-            spec(Family, &["family"], &[2], true),
+            // Before 5.13 absent: the IPv6 fields (v4-mapped for IPv4) tell the family.
+            spec(Family, &["family"], &[2], false),
             spec(Saddr, &["saddr"], &[4], true),
             spec(Daddr, &["daddr"], &[4], true),
             spec(SaddrV6, &["saddr_v6"], &[16], true),
@@ -218,7 +219,8 @@ impl Tracepoint {
             spec(Skaddr, &["skaddr"], &[8], true),
             spec(Sport, &["sport"], &[2], true),
             spec(Dport, &["dport"], &[2], true),
-            spec(Family, &["family"], &[2], true),
+            // Before 5.13 absent: the IPv6 fields (v4-mapped for IPv4) tell the family.
+            spec(Family, &["family"], &[2], false),
             spec(Saddr, &["saddr"], &[4], true),
             spec(Daddr, &["daddr"], &[4], true),
             spec(SaddrV6, &["saddr_v6"], &[16], true),
@@ -388,7 +390,6 @@ fn check_endpoints(tp: Tracepoint, l: &TpLayout) -> Result<(), FormatError> {
     let needed = [
         ("sport", l.sport),
         ("dport", l.dport),
-        ("family", l.family),
         ("saddr_v6", l.saddr_v6),
         ("daddr_v6", l.daddr_v6),
     ];
@@ -586,7 +587,7 @@ mod tests {
             }
         );
         assert_eq!(old.daddr_v6.offset, 58);
-        // The old form without its family field is unusable.
+        // Before 5.13 the old form has no family field: the IPv6 fields tell it.
         let text = std::fs::read_to_string(format!(
             "{}/tests/fixtures/formats/variants/tcp_send_reset-6.1.format",
             env!("CARGO_MANIFEST_DIR")
@@ -597,11 +598,19 @@ mod tests {
             .filter(|l| !l.contains(" family;"))
             .collect::<Vec<_>>()
             .join("\n");
+        let l = layout(Tracepoint::TcpSendReset, &parse(&no_family).unwrap()).unwrap();
+        assert!(!l.family.is_present() && l.saddr_v6.is_present());
+        // Without the IPv6 fields it is unusable.
+        let no_v6: String = text
+            .lines()
+            .filter(|l| !l.contains(" saddr_v6["))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert_eq!(
-            layout(Tracepoint::TcpSendReset, &parse(&no_family).unwrap()),
+            layout(Tracepoint::TcpSendReset, &parse(&no_v6).unwrap()),
             Err(FormatError::MissingField {
                 tracepoint: "tcp_send_reset",
-                field: "family"
+                field: "saddr_v6"
             })
         );
         for (tp, file) in [
@@ -632,6 +641,47 @@ mod tests {
             n += 1;
         }
         assert!(n >= 8);
+    }
+
+    /// The format files `cargo xtask vm-test --update` collected on each kernel of the matrix.
+    const MATRIX: [&str; 4] = ["5.10", "6.1", "6.12", "6.18"];
+
+    #[test]
+    fn every_kernel_of_the_matrix_gives_usable_layouts() {
+        let root = format!("{}/tests/fixtures/formats", env!("CARGO_MANIFEST_DIR"));
+        for series in MATRIX {
+            for tp in Tracepoint::ALL {
+                let path = format!("{root}/{series}/{}.format", tp.name());
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    assert!(tp != Tracepoint::InetSockSetState, "{path} missing");
+                    continue;
+                };
+                let l =
+                    layout(tp, &parse(&text).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"));
+                assert!(l.copy_len > 0, "{path}");
+            }
+        }
+        // What differs between them, each handled by the layouts above.
+        let family = |series: &str| {
+            let f = fixture(&format!("{series}/tcp_retransmit_skb.format"));
+            let l = layout(Tracepoint::TcpRetransmitSkb, &f).unwrap();
+            (l.family.is_present(), l.saddr_v6.is_present())
+        };
+        assert_eq!(
+            MATRIX.map(family)[0],
+            (false, true),
+            "5.10: no family field"
+        );
+        assert!(MATRIX[1..].iter().all(|s| family(s) == (true, true)));
+        let has_length = |series: &str| {
+            std::path::Path::new(&format!("{root}/{series}/sock_send_length.format")).exists()
+        };
+        assert_eq!(MATRIX.map(has_length), [false, false, true, true]);
+        let reset_endpoint = |series: &str| {
+            let f = fixture(&format!("{series}/tcp_send_reset.format"));
+            layout(Tracepoint::TcpSendReset, &f).unwrap().saddr.size
+        };
+        assert_eq!(MATRIX.map(reset_endpoint), [4, 4, SOCKADDR, SOCKADDR]);
     }
 
     #[test]

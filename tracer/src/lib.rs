@@ -16,6 +16,7 @@ pub mod format;
 pub mod live;
 pub mod loss;
 pub mod output;
+pub mod outqueue;
 pub mod owners;
 pub mod privileges;
 pub mod probes;

@@ -16,7 +16,7 @@ use crate::{
         Aggregator, Listener, MiniCounts,
         view::{ProcSort, Stats},
     },
-    anomaly::{Anomaly, Detector, Inputs, netstat::TcpExt},
+    anomaly::{Anomaly, Detector, Gathered, Needs, netstat::TcpExt},
     cli::Wakeup,
     clock::Clock,
     loss::{LossCause, LossTotals},
@@ -74,6 +74,38 @@ pub struct Live {
     tap: Option<Tap>,
     /// Anomaly detection, fed every applied event (see [`Live::enable_detection`]).
     pub detector: Option<Detector>,
+}
+
+/// One detection round: when it ran, what it read from the host, what it found.
+#[derive(Debug)]
+pub struct Detection {
+    pub at_ns: u64,
+    pub inputs: Gathered,
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// Reads the host-side detector inputs: TcpExt and `tcp_max_tw_buckets` every time, the
+/// request and timewait dumps only when the detectors asked.
+fn gather(needs: Needs) -> Gathered {
+    let dump = |want: bool, k: Kinds| want.then(|| snapshot::dump(k).ok()).flatten();
+    let requests = Kinds {
+        full: false,
+        time_wait: false,
+        request: true,
+    };
+    let time_wait = Kinds {
+        full: false,
+        time_wait: true,
+        request: false,
+    };
+    Gathered {
+        netstat: TcpExt::read(),
+        requests: dump(needs.requests, requests),
+        time_wait: dump(needs.time_wait, time_wait),
+        max_tw_buckets: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    }
 }
 
 /// What [`Live::next`] returns.
@@ -255,48 +287,22 @@ impl Live {
 
     /// Runs the detectors once (call about every second): gathers what they need (TcpExt
     /// counters; request or timewait dumps only when asked for) and returns the anomalies
-    /// raised or cleared.
-    pub async fn detect(&mut self) -> Vec<Anomaly> {
-        let Some(d) = &self.detector else {
-            return Vec::new();
-        };
-        let now = Clock::now_mono_ns();
-        let needs = d.needs(&self.agg, now);
-        let gathered = blocking(move || {
-            let dump = |want: bool, k: Kinds| want.then(|| snapshot::dump(k).ok()).flatten();
-            let requests = Kinds {
-                full: false,
-                time_wait: false,
-                request: true,
-            };
-            let time_wait = Kinds {
-                full: false,
-                time_wait: true,
-                request: false,
-            };
-            (
-                dump(needs.requests, requests),
-                dump(needs.time_wait, time_wait),
-                TcpExt::read(),
-                std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok()),
-            )
+    /// raised or cleared, with the time and inputs of the round (what a capture stores).
+    /// `None` without detection.
+    pub async fn detect(&mut self) -> Option<Detection> {
+        let d = self.detector.as_ref()?;
+        let at_ns = Clock::now_mono_ns();
+        let needs = d.needs(&self.agg, at_ns);
+        let inputs = blocking(move || gather(needs)).await.ok()?;
+        let anomalies = self
+            .detector
+            .as_mut()?
+            .tick(at_ns, &self.agg, &inputs.inputs());
+        Some(Detection {
+            at_ns,
+            inputs,
+            anomalies,
         })
-        .await;
-        let Ok((requests, time_wait, netstat, max_tw_buckets)) = gathered else {
-            return Vec::new();
-        };
-        let inputs = Inputs {
-            netstat,
-            requests: requests.as_deref(),
-            time_wait: time_wait.as_deref(),
-            max_tw_buckets,
-        };
-        match &mut self.detector {
-            Some(d) => d.tick(now, &self.agg, &inputs),
-            None => Vec::new(),
-        }
     }
 
     /// Applies everything queued now, without waiting.

@@ -19,10 +19,25 @@ pub enum LossCause {
     Decode,
     /// The kernel fired the tracepoint without running the programs attached to it.
     KernelUndelivered,
+    /// The output queue was full: stdout did not keep up (`tracer stream`, `record --print`).
+    OutputQueueFull,
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 7] = [
+    pub const ALL: [LossCause; 8] = [
+        Self::RingbufFull,
+        Self::RecursionMiss,
+        Self::SockMapFull,
+        Self::ListenerMapFull,
+        Self::ProcMapFull,
+        Self::Decode,
+        Self::KernelUndelivered,
+        Self::OutputQueueFull,
+    ];
+
+    /// The causes a live aggregation can have (`stats` JSON, agent metrics): all but the
+    /// output queue, which only the printing commands (`stream`, `record --print`) have.
+    pub const LIVE: [LossCause; 7] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
@@ -41,6 +56,7 @@ impl LossCause {
             Self::ProcMapFull => "proc_map_full",
             Self::Decode => "decode_error",
             Self::KernelUndelivered => "kernel_undelivered",
+            Self::OutputQueueFull => "output_queue_full",
         }
     }
 
@@ -53,6 +69,9 @@ impl LossCause {
             Self::ProcMapFull => "process traffic map full: some bytes not counted",
             Self::Decode => "undecodable ring buffer record",
             Self::KernelUndelivered => "the kernel skipped the tracer's programs for a transition",
+            Self::OutputQueueFull => {
+                "output queue full: stdout did not keep up; raise --output-queue or read faster"
+            }
         }
     }
 
@@ -65,7 +84,11 @@ impl LossCause {
     pub fn drops_events(self) -> bool {
         matches!(
             self,
-            Self::RingbufFull | Self::RecursionMiss | Self::Decode | Self::KernelUndelivered
+            Self::RingbufFull
+                | Self::RecursionMiss
+                | Self::Decode
+                | Self::KernelUndelivered
+                | Self::OutputQueueFull
         )
     }
 }
@@ -149,7 +172,10 @@ mod tests {
         assert_eq!(
             t.summary(),
             "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 proc_map_full=0 \
-             decode_error=1 kernel_undelivered=0"
+             decode_error=1 kernel_undelivered=0 output_queue_full=0"
         );
+        t.add(LossCause::OutputQueueFull, 4);
+        assert_eq!(t.take_new(), vec![(LossCause::OutputQueueFull, 4)]);
+        assert_eq!(t.dropped(), 13);
     }
 }

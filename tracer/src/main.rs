@@ -16,6 +16,11 @@ fn load_config(a: &AnomalyArgs) -> Result<Config, ExitCode> {
     })
 }
 
+/// The detection config when `on`.
+fn detection(on: bool, a: &AnomalyArgs) -> Result<Option<Config>, ExitCode> {
+    on.then(|| load_config(a)).transpose()
+}
+
 async fn stream(args: &StreamArgs) -> Result<anyhow::Result<()>, ExitCode> {
     Ok(if args.detects() {
         let cfg = load_config(&args.anomaly)?;
@@ -67,13 +72,25 @@ async fn main() -> ExitCode {
             Err(code) => return code,
         },
         Some(Command::Config(args)) => return config(&args),
-        Some(Command::Record(args)) => tracer::capture::record::run(&args)
-            .await
-            .map(drop)
-            .map_err(Into::into),
-        Some(Command::Replay(args)) => tracer::capture::replay::run(&args)
-            .map(drop)
-            .map_err(Into::into),
+        Some(Command::Record(args)) => {
+            let cfg = match detection(args.detects(), &args.anomaly) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            tracer::capture::record::run(&args, cfg)
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        }
+        Some(Command::Replay(args)) => {
+            let cfg = match detection(args.detects(), &args.anomaly) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            tracer::capture::replay::run(&args, cfg)
+                .map(drop)
+                .map_err(Into::into)
+        }
         Some(Command::Export(args)) => tracer::capture::export::run(&args)
             .map(drop)
             .map_err(Into::into),

@@ -139,6 +139,8 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     clock: Clock,
+    /// Records printed so far (the header excluded).
+    printed: u64,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -175,7 +177,21 @@ fn ms_text(ns: u64) -> String {
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, format: Format, clock: Clock) -> Self {
-        Self { out, format, clock }
+        Self {
+            out,
+            format,
+            clock,
+            printed: 0,
+        }
+    }
+
+    /// Records printed so far; the output queue tells from it whether an event printed any.
+    pub fn printed(&self) -> u64 {
+        self.printed
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     pub fn header(&mut self) -> io::Result<()> {
@@ -186,6 +202,12 @@ impl<W: Write> Printer<W> {
     }
 
     pub fn print(&mut self, rec: &Record) -> io::Result<()> {
+        self.render(rec)?;
+        self.printed += 1;
+        Ok(())
+    }
+
+    fn render(&mut self, rec: &Record) -> io::Result<()> {
         match (self.format, rec) {
             (Format::Json, Record::Event(ev)) => self.json_event(ev),
             (Format::Human, Record::Event(ev)) => self.human_event(ev),

@@ -124,6 +124,41 @@ fn feature_of(tp: Tracepoint) -> &'static str {
     }
 }
 
+/// Kernels without the send/recv tracepoints (before 6.4): per-connection bytes are read from
+/// each socket when it closes, when the kernel's BTF has the counters.
+fn bytes_at_close(
+    layouts: &[(Tracepoint, TpLayout)],
+    sock: Option<&crate::btf::SockLayout>,
+    degraded: &mut Vec<Degraded>,
+) -> Option<crate::btf::CloseBytes> {
+    let has = |tp| layouts.iter().any(|(t, _)| *t == tp);
+    if has(Tracepoint::SockSendLength) || has(Tracepoint::SockRecvLength) {
+        return None;
+    }
+    let found = sock.map_or_else(
+        || Err("no socket layout from BTF".to_owned()),
+        |s| s.close_bytes.clone(),
+    );
+    match found {
+        Ok(b) => {
+            degraded.push(Degraded {
+                feature: "live byte counts",
+                reason: "bytes are read from each socket when it closes (tcp_sock counters): \
+                         close records are exact, process totals grow as connections close"
+                    .into(),
+            });
+            Some(b)
+        }
+        Err(e) => {
+            degraded.push(Degraded {
+                feature: "byte counts",
+                reason: format!("no send/recv tracepoints and no socket byte counters: {e}"),
+            });
+            None
+        }
+    }
+}
+
 impl Probes {
     /// Reads the layouts of the running kernel, loads the object with them, and attaches every
     /// program whose tracepoint exists. Optional tracepoints that are missing become
@@ -199,6 +234,15 @@ impl Probes {
             loader.override_global("NET_INUM", &sock.net_inum, true);
             loader.override_global("SKB_DEV", &sock.skb_dev, true);
             loader.override_global("DEV_NET", &sock.dev_net, true);
+        }
+        let bytes_at_close = bytes_at_close(&layouts, sock_layout.as_ref(), &mut degraded);
+        if let Some(b) = &bytes_at_close {
+            loader.override_global("BYTES_AT_CLOSE", &1u32, true);
+            loader.override_global("TCP_BYTES_SENT", &b.bytes_sent, true);
+            loader.override_global("TCP_BYTES_RETRANS", &b.bytes_retrans, true);
+            loader.override_global("TCP_BYTES_RECEIVED", &b.bytes_received, true);
+            loader.override_global("SK_FLAGS", &b.sk_flags, true);
+            loader.override_global("SOCK_DONE_BIT", &b.sock_done_bit, true);
         }
         let mut ebpf = loader.load(OBJECT)?;
 

@@ -1,7 +1,7 @@
 //! `tracer stream`: print every transition and retransmission until stopped.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::Duration,
 };
 
@@ -14,6 +14,7 @@ use crate::{
     event::{Detail, Event},
     loss::{LossCause, LossTotals},
     output::{Format, Printer, Record},
+    outqueue::OutputQueue,
     probes::{ProbeOptions, Probes},
     reader::Batch,
     session::{Session, SessionError},
@@ -74,21 +75,27 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         ..ProbeOptions::default()
     };
     let session = Session::start(&opts, args.wakeup, args.duration, true)?;
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut out = OutputQueue::stdout(format, Clock::new(), args.output_queue as usize)
+        .map_err(StreamError::Output)?;
     eprintln!("{}; streaming (Ctrl-C to stop)", session.attached_line());
     let (probes, mut rx, cancel, reader) = session.into_parts();
 
-    let mut printer = stdout_printer(args.json);
     let mut summary = Summary::default();
-    printer.header().map_err(StreamError::Output)?;
+    out.header().map_err(StreamError::Output)?;
     let view = View::of(&args.filter);
-    let result = pump(&probes, &mut printer, &mut rx, &mut summary, view, &cancel).await;
+    let result = pump(&probes, &mut out, &mut rx, &mut summary, view, &cancel).await;
     cancel.cancel();
     // The reader drains what is left after cancellation; keep consuming until it is done.
     let drained = match result {
         Ok(()) => {
             pump(
                 &probes,
-                &mut printer,
+                &mut out,
                 &mut rx,
                 &mut summary,
                 view,
@@ -101,25 +108,17 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     drop(rx);
     let read = Session::join_reader(reader).await;
     let _ = probes.observe_losses(&mut summary.losses);
-    let tail = report_losses(&mut printer, &mut summary.losses).and_then(|()| printer.flush());
+    let tail = out.report_losses(&mut summary.losses);
+    // Everything queued is written before the summary.
+    let written = out.finish_async().await;
     eprintln!("{}", summary.line());
     drop(probes); // detaches the programs
-    match drained.and(tail) {
+    match drained.and(tail).and(written) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(StreamError::Output(e)),
         _ => {}
     }
     read?;
     Ok(summary)
-}
-
-/// The stream's printer: buffered stdout, columns or JSON lines, wall time from now on.
-pub fn stdout_printer(json: bool) -> Printer<BufWriter<io::Stdout>> {
-    let format = if json { Format::Json } else { Format::Human };
-    Printer::new(
-        BufWriter::with_capacity(1 << 16, io::stdout()),
-        format,
-        Clock::new(),
-    )
 }
 
 /// Which records of state events the user asked for.
@@ -135,6 +134,13 @@ impl View {
             states: filter.wants(EventType::State),
             closes: filter.wants(EventType::Close),
         }
+    }
+
+    /// Whether [`print_event`] prints any record of `ev`.
+    pub fn prints(self, ev: &Event) -> bool {
+        !matches!(ev.detail, Detail::State { .. })
+            || self.states
+            || (self.closes && ev.close.is_some())
     }
 }
 
@@ -155,10 +161,11 @@ pub fn print_event<W: Write>(printer: &mut Printer<W>, ev: Event, view: View) ->
     Ok(())
 }
 
-/// Prints batches until the channel closes (or output fails), reporting losses as they grow.
-async fn pump<W: Write>(
+/// Hands batches to the output queue until the channel closes (or output fails), reporting
+/// losses as they grow. Never waits for stdout.
+async fn pump(
     probes: &Probes,
-    printer: &mut Printer<W>,
+    out: &mut OutputQueue,
     rx: &mut mpsc::Receiver<Batch>,
     summary: &mut Summary,
     view: View,
@@ -173,36 +180,21 @@ async fn pump<W: Write>(
                     match item {
                         Ok(ev) => {
                             summary.count(&ev);
-                            print_event(printer, ev, view)?;
+                            out.print_event(ev, view)?;
                         }
                         Err(_) => summary.losses.add(LossCause::Decode, 1),
                     }
                 }
                 if rx.is_empty() {
-                    printer.flush()?;
+                    out.flush()?;
                 }
             }
             _ = loss_check.tick() => {
                 let _ = probes.observe_losses(&mut summary.losses);
-                report_losses(printer, &mut summary.losses)?;
-                printer.flush()?;
+                out.report_losses(&mut summary.losses)?;
+                out.flush()?;
             }
             _ = cancel.cancelled() => return Ok(()),
         }
     }
-}
-
-pub(crate) fn report_losses<W: Write>(
-    printer: &mut Printer<W>,
-    losses: &mut LossTotals,
-) -> io::Result<()> {
-    let now = Clock::now_mono_ns();
-    for (cause, count) in losses.take_new() {
-        printer.print(&Record::Lost {
-            ts_ns: now,
-            cause,
-            count,
-        })?;
-    }
-    Ok(())
 }

@@ -29,9 +29,19 @@ fn full_rate_churn_is_accounted_exactly() {
     let port = port();
     let p = port.to_string();
     // ~1 GB of JSON goes to a file on this VM's disk in 10 s; writeback can stall the writer
-    // for a few hundred ms, longer than the default 16M ring holds at this rate (~0.25 s). A
-    // 128M ring absorbs such stalls: what is tested here is that the tracer's own paths keep up.
-    let tracer = Tracer::start(&["--port", &p, "--type", "state", "--ring-size", "128M"]);
+    // for a few hundred ms, longer than the default output queue holds at this rate (~0.1 s).
+    // A queue of 1M events absorbs such stalls (and a 128M ring any lag of the drain): what is
+    // tested here is that the tracer's own paths keep up.
+    let tracer = Tracer::start(&[
+        "--port",
+        &p,
+        "--type",
+        "state",
+        "--ring-size",
+        "128M",
+        "--output-queue",
+        "1048576",
+    ]);
     let (pid, summary) = loadgen_at(
         &[],
         "churn",
@@ -72,6 +82,7 @@ fn full_rate_churn_is_accounted_exactly() {
         "sock_map_full",
         "listener_map_full",
         "decode_error",
+        "output_queue_full",
     ] {
         assert_eq!(loss(&stop, cause), 0, "{cause}: {stop}");
     }

@@ -130,8 +130,12 @@ fn counts_built_from_transitions_equal_ss() {
         .iter()
         .find(|p| p["pid"].as_u64() == Some(pid))
         .unwrap_or_else(|| panic!("pid {pid} missing from {procs:?}"));
-    assert_eq!(me["bytes_sent"], 2 * 5 * 12345, "{me}");
-    assert_eq!(me["bytes_received"], 2 * 5 * 12345, "{me}");
+    // Kernels without `sock_send_length` count bytes when connections close: checked below.
+    let live_bytes = !tracer.degraded("live byte counts");
+    if live_bytes {
+        assert_eq!(me["bytes_sent"], 2 * 5 * 12345, "{me}");
+        assert_eq!(me["bytes_received"], 2 * 5 * 12345, "{me}");
+    }
     assert_eq!(me["close_wait"], 5, "{me}");
     // 5 pairs, 5 CLOSE_WAIT, the 3 unaccepted connections (both ends: the server side is
     // attributed to the listener's owner), and the listener.
@@ -146,6 +150,15 @@ fn counts_built_from_transitions_equal_ss() {
     states.release();
     assert!(states.wait().success());
     let report = assert_matches_ss(&tracer, &ns, "after closing everything");
+    if !live_bytes {
+        let procs = report["processes"].as_array().unwrap();
+        let me = procs
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .unwrap_or_else(|| panic!("pid {pid} missing from {procs:?} after its closes"));
+        assert_eq!(me["bytes_sent"], 2 * 5 * 12345, "{me}");
+        assert_eq!(me["bytes_received"], 2 * 5 * 12345, "{me}");
+    }
     assert_eq!(
         report["lost"]
             .as_object()
@@ -198,14 +211,21 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
         |last| format!("ss never settled: {last:?}"),
     );
     let tracer = stats_in(&ns);
-    assert!(
-        tracer
-            .started
-            .iter()
-            .any(|l| l.contains("snapshot: 3101 sockets, 2000 timewait")),
-        "{:?}",
-        tracer.started
-    );
+    // 3101 full sockets and 2000 timewait ones, except that an orphaned FIN_WAIT2 socket stays
+    // a full socket when its FIN's ACK arrives while the socket is busy (seen on slow guests).
+    let line = tracer
+        .started
+        .iter()
+        .find_map(|l| l.split_once("snapshot: ").map(|(_, s)| s.to_owned()))
+        .unwrap_or_else(|| panic!("no snapshot line in {:?}", tracer.started));
+    let number = |word: &str| -> u64 {
+        let words: Vec<&str> = line.split([' ', ',']).collect();
+        let i = words.iter().position(|w| *w == word).unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    let (full, timewait) = (number("sockets"), number("timewait"));
+    assert_eq!(full + timewait, 3101 + 2000, "{line}");
+    assert!((1000..=2000).contains(&timewait), "{line}");
     let report = assert_matches_ss(&tracer, &ns, "snapshot");
     let counts = tracer_counts(&report);
     assert_eq!(counts["ESTABLISHED"], 2000 + 100);
@@ -221,7 +241,7 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
     // Accepted sockets and clients have inodes; unaccepted server ends belong to the listener.
     assert_eq!(me["connections"], 2000 + 1000 + 2 * 50 + 1, "{me}");
     assert_eq!(me["close_wait"], 1000);
-    assert_eq!(report["tracking"]["from_dump"], 3101);
+    assert_eq!(report["tracking"]["from_dump"], full);
 
     // Dumped sockets are adopted by their transitions: closing them all leaves exactly what ss
     // sees.

@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,9 @@ enum Task {
     Lint,
     /// Measure overhead, per-event kernel cost and lost events; writes BENCHMARKS.md and JSON.
     Bench(bench::BenchArgs),
+    /// The real-kernel tests on Debian 5.10, 6.1 and 6.12 under QEMU and on this machine's
+    /// kernel, with a per-kernel table of passed, failed and degraded features.
+    VmTest(vm::VmArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -54,5 +58,6 @@ fn main() -> Result<()> {
             test::lint()
         }
         Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::run(&args),
     }
 }

@@ -22,6 +22,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("tmux", "tmux"),
+    // `cargo xtask vm-test`: the kernel matrix boots under QEMU with a busybox initramfs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("zstd", "zstd"),
+    ("xz", "xz-utils"),
+    ("strip", "binutils"),
+    ("depmod", "kmod"),
+    ("dpkg-deb", "dpkg"),
+    ("apt-get", "apt"),
 ];
 
 const NIGHTLY: &str = "nightly";

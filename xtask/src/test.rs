@@ -18,6 +18,9 @@ pub struct TestArgs {
     /// Seconds to fuzz the capture decoder after the tests (0 skips it).
     #[arg(long, default_value_t = 30)]
     fuzz_secs: u32,
+    /// Skip the kernel matrix (`cargo xtask vm-test`) that runs after the tests.
+    #[arg(long)]
+    no_vm: bool,
     /// Extra arguments for `cargo test` (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     cargo_args: Vec<String>,
@@ -62,6 +65,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     cmd::cargo(&test)?;
     if args.fuzz_secs > 0 {
         fuzz(args.fuzz_secs)?;
+    }
+    if args.no_vm {
+        eprintln!("xtask: --no-vm: the kernel matrix was NOT run");
+    } else if !is_root() {
+        eprintln!("\n!!! xtask: NOT ROOT: the kernel matrix (cargo xtask vm-test) is SKIPPED\n");
+    } else {
+        crate::vm::run(&crate::vm::VmArgs::default())?;
     }
     Ok(())
 }

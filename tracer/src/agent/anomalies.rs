@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::metrics::Metrics;
 use crate::{
     anomaly::{Anomaly, Status},
-    live::Live,
+    live::{Detection, Live},
 };
 
 /// Detectors run once a second.
@@ -23,16 +23,19 @@ pub fn log_unavailable(live: &Live) {
     }
 }
 
-pub async fn detect(live: &mut Live, metrics: &Metrics) {
+/// One detection round, logged and counted; returned for the flight recorder.
+pub async fn detect(live: &mut Live, metrics: &Metrics) -> Option<Detection> {
     // Apply what is queued first, so the detectors see the latest events.
     live.apply_pending();
-    for a in live.detect().await {
-        metrics.observe_anomaly(&a);
-        log(&a);
+    let found = live.detect().await;
+    for a in found.iter().flat_map(|d| &d.anomalies) {
+        metrics.observe_anomaly(a);
+        log(a);
     }
     if let Some(d) = &live.detector {
         metrics.set_active_anomalies(&d.active_by_kind());
     }
+    found
 }
 
 fn log(a: &Anomaly) {

@@ -11,7 +11,7 @@ use crate::{
     capture::flight::{FlightOptions, FlightRecorder},
     cli::capture::FlightArgs,
     clock::Clock,
-    live::Live,
+    live::{Detection, Live},
     loss::LossCause,
 };
 
@@ -28,7 +28,7 @@ impl AgentFlight {
             // Not fatal: the history is kept, and each dump says why it could not be written.
             warn!(dir = %dir.display(), error = %e, "flight recorder directory is not usable");
         }
-        let rec = Arc::new(Mutex::new(FlightRecorder::new(
+        let mut rec = FlightRecorder::new(
             FlightOptions {
                 dir: dir.clone(),
                 seconds: args.flight_seconds,
@@ -37,7 +37,9 @@ impl AgentFlight {
                 zstd_level: Some(3),
             },
             Clock::new().offset_ns(),
-        )));
+        );
+        rec.detecting(live.detector.is_some());
+        let rec = Arc::new(Mutex::new(rec));
         let tap = Arc::clone(&rec);
         live.set_tap(Box::new(move |batch, agg| {
             tap.lock()
@@ -76,6 +78,22 @@ impl AgentFlight {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .lost(&live.losses, new);
+    }
+
+    /// Records a reconciliation, for replay to apply at the same point.
+    pub fn refreshed(&self, live: &Live) {
+        self.rec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refreshed(&live.agg, &live.losses);
+    }
+
+    /// Records a detection round: its tick and the anomalies it raised or cleared.
+    pub fn detected(&self, d: Detection) {
+        self.rec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .detected(d.at_ns, d.inputs, &d.anomalies);
     }
 
     /// Writes the history out; the answer is one line for the log and the HTTP reply.

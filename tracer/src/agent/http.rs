@@ -20,6 +20,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use clap::ValueEnum;
+
 use super::exposition::Format;
 use crate::aggregate::view::{ProcSort, Stats};
 
@@ -180,6 +182,15 @@ async fn handle(
     Ok(resp)
 }
 
+/// The spellings `sort` accepts, from the CLI's value parser.
+fn sort_choices() -> Vec<String> {
+    ProcSort::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value())
+        .map(|p| p.get_name().to_owned())
+        .collect()
+}
+
 /// `top=N&sort=bytes|connections`, both optional.
 pub fn parse_stats_query(query: &str, default_top: usize) -> Result<(usize, ProcSort), String> {
     let mut top = default_top;
@@ -197,11 +208,13 @@ pub fn parse_stats_query(query: &str, default_top: usize) -> Result<(usize, Proc
                     })?;
             }
             "sort" => {
-                sort = match value {
-                    "bytes" => ProcSort::Bytes,
-                    "connections" => ProcSort::Connections,
-                    _ => return Err(format!("sort must be bytes or connections, not `{value}`")),
-                };
+                // The same parser and spellings as `tracer stats --sort`.
+                sort = ProcSort::from_str(value, false).map_err(|_| {
+                    format!(
+                        "sort must be {}, not `{value}`",
+                        sort_choices().join(" or ")
+                    )
+                })?;
             }
             _ => return Err(format!("unknown parameter `{key}`; expected top or sort")),
         }
@@ -222,6 +235,27 @@ mod tests {
         );
         for bad in ["top=0", "top=x", "top=10001", "sort=pid", "limit=3"] {
             assert!(parse_stats_query(bad, 20).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sort_accepts_exactly_the_cli_spellings() {
+        for &v in ProcSort::value_variants() {
+            assert_eq!(
+                parse_stats_query(&format!("sort={}", v.name()), 20),
+                Ok((20, v))
+            );
+        }
+        // As on the command line: exact spelling only.
+        for bad in ["sort=Bytes", "sort=", "sort", "sort=bytes%20"] {
+            assert_eq!(
+                parse_stats_query(bad, 20),
+                Err(format!(
+                    "sort must be bytes or connections, not `{}`",
+                    bad.split_once('=').map_or("", |(_, v)| v)
+                )),
+                "{bad}"
+            );
         }
     }
 }

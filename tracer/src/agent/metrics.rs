@@ -140,7 +140,7 @@ fn gauge(v: u64) -> i64 {
 }
 
 fn state_name(s: u8) -> String {
-    state::name(s).unwrap_or("UNKNOWN").to_owned()
+    state::display(s).to_owned()
 }
 
 impl Metrics {
@@ -225,7 +225,7 @@ impl Metrics {
             drop(self.anomalies.get_or_create(&label));
             drop(self.anomalies_active.get_or_create(&label));
         }
-        for c in LossCause::ALL {
+        for c in LossCause::LIVE {
             drop(self.lost.get_or_create(&CauseLabel {
                 cause: c.name().to_owned(),
             }));
@@ -405,7 +405,7 @@ impl Metrics {
             };
             advance(&self.closes.get_or_create(&labels), n);
         }
-        for c in LossCause::ALL {
+        for c in LossCause::LIVE {
             let labels = CauseLabel {
                 cause: c.name().to_owned(),
             };

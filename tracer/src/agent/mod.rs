@@ -116,17 +116,22 @@ pub async fn run(args: &AgentArgs, detection: crate::anomaly::Config) -> Result<
                     let new = warn_new_losses(&mut live);
                     if let Some(f) = &flight {
                         f.lost(&live, &new);
+                        f.refreshed(&live);
                     }
                     next_refresh = now + args.refresh;
                 }
                 if now >= next_detect {
                     let active = |l: &Live| l.detector.as_ref().map_or(0, |d| d.active());
                     let before = active(&live);
-                    anomalies::detect(&mut live, &metrics).await;
-                    if let Some(f) = &flight
-                        && active(&live) > before
-                    {
-                        let _ = f.dump("anomaly");
+                    let found = anomalies::detect(&mut live, &metrics).await;
+                    if let Some(f) = &flight {
+                        // Stored before the dump, so the dump holds what triggered it.
+                        if let Some(found) = found {
+                            f.detected(found);
+                        }
+                        if active(&live) > before {
+                            let _ = f.dump("anomaly");
+                        }
                     }
                     next_detect = now + anomalies::DETECT_EVERY;
                 }

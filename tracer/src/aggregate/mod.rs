@@ -321,6 +321,13 @@ impl Aggregator {
         self.names.get(&pid).copied()
     }
 
+    /// Every known process name, by pid (what a capture stores).
+    pub fn process_names(&self) -> Vec<(u32, Comm)> {
+        let mut v: Vec<(u32, Comm)> = self.names.iter().map(|(p, c)| (*p, *c)).collect();
+        v.sort_unstable_by_key(|(p, _)| *p);
+        v
+    }
+
     pub fn proc_bytes(&self) -> &HashMap<u32, ProcBytes> {
         &self.proc_bytes
     }

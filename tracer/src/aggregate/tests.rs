@@ -75,7 +75,7 @@ fn counts(a: &Aggregator) -> HashMap<&'static str, u64> {
     a.state_counts(a.now_ns)
         .into_iter()
         .filter(|&(_, n)| n > 0)
-        .map(|(s, n)| (state::name(s).unwrap(), n))
+        .map(|(s, n)| (state::display(s), n))
         .collect()
 }
 

@@ -115,7 +115,7 @@ impl Aggregator {
         let get = |s: u8| counts.get(&s).copied().unwrap_or(0);
         let states: BTreeMap<String, u64> = counts
             .iter()
-            .map(|(&s, &n)| (state::name(s).unwrap_or("UNKNOWN").to_owned(), n))
+            .map(|(&s, &n)| (state::display(s).to_owned(), n))
             .collect();
         let totals = Totals {
             total: counts.values().sum(),
@@ -153,7 +153,7 @@ impl Aggregator {
                     )
                 })
                 .collect(),
-            lost: crate::loss::LossCause::ALL
+            lost: crate::loss::LossCause::LIVE
                 .iter()
                 .map(|&c| (c.name().to_owned(), losses.total(c)))
                 .collect(),

@@ -54,6 +54,27 @@ pub struct Inputs<'a> {
     pub max_tw_buckets: Option<u64>,
 }
 
+/// [`Inputs`] owned: what a tick gathered from the host, so a capture can store it and
+/// replay can tick with the very same inputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gathered {
+    pub netstat: Option<TcpExt>,
+    pub requests: Option<Vec<DiagSocket>>,
+    pub time_wait: Option<Vec<DiagSocket>>,
+    pub max_tw_buckets: Option<u64>,
+}
+
+impl Gathered {
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            netstat: self.netstat,
+            requests: self.requests.as_deref(),
+            time_wait: self.time_wait.as_deref(),
+            max_tw_buckets: self.max_tw_buckets,
+        }
+    }
+}
+
 /// Which costly inputs the next tick wants.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {

@@ -1,22 +1,22 @@
 //! `tracer stream` with anomaly detection: the events are applied to a live aggregator (seeded
 //! by the start-up dump, reconciled every few seconds) and to the detectors, printed as usual,
-//! and anomaly records are printed as the detectors raise or clear them.
+//! and anomaly records are printed as the detectors raise or clear them. Output goes through
+//! the stream's [`OutputQueue`], so a slow stdout never holds up the ring-buffer drain.
 
-use std::{
-    io::{self, Write},
-    time::Duration,
-};
+use std::{io, time::Duration};
 
 use tokio::time::Instant;
 
 use super::Config;
 use crate::{
     cli::{EventType, StreamArgs},
+    clock::Clock,
     event::Detail,
     live::{Live, LiveOptions, Next},
-    output::{Printer, Record},
+    output::{Format, Record},
+    outqueue::OutputQueue,
     probes::ProbeOptions,
-    stream::{StreamError, Summary, report_losses, stdout_printer},
+    stream::{StreamError, Summary},
 };
 
 /// Detectors run once a second.
@@ -51,25 +51,31 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
             eprintln!("tracer: degraded: {}: {why}", kind.name());
         }
     }
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut out = OutputQueue::stdout(format, Clock::new(), args.output_queue as usize)
+        .map_err(StreamError::Output)?;
     eprintln!("tracer: detecting anomalies; streaming (Ctrl-C to stop)");
-    let mut printer = stdout_printer(args.json);
     let f = &args.filter;
-    // With only `--type anomaly`, nothing else is printed.
-    let show = |t| f.wants(t) && !(f.types.len() == 1 && f.types[0] == EventType::Anomaly);
     let view = (
-        show(EventType::State),
-        show(EventType::Retransmit),
-        show(EventType::Close),
-        f.wants(EventType::Anomaly),
+        f.shows(EventType::State),
+        f.shows(EventType::Retransmit),
+        f.shows(EventType::Close),
+        f.shows(EventType::Anomaly),
     );
     let mut summary = Summary::default();
-    let result = pump(&mut live, &mut printer, &mut summary, view).await;
+    let result = pump(&mut live, &mut out, &mut summary, view).await;
     let _ = live.probes.observe_losses(&mut live.losses);
+    let tail = out.report_losses(&mut live.losses);
     summary.losses = live.losses.clone();
-    let tail = report_losses(&mut printer, &mut summary.losses).and_then(|()| printer.flush());
+    // Everything queued is written before the summary.
+    let written = out.finish_async().await;
     let stopped = live.stop().await;
     eprintln!("{}", summary.line());
-    match result.and(tail) {
+    match result.and(tail).and(written) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(StreamError::Output(e)),
         _ => {}
     }
@@ -77,13 +83,15 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
     Ok(summary)
 }
 
-async fn pump<W: Write>(
+/// Hands events and anomalies to the output queue until the session closes (or output fails),
+/// reporting losses at every deadline. Never waits for stdout.
+async fn pump(
     live: &mut Live,
-    printer: &mut Printer<W>,
+    out: &mut OutputQueue,
     summary: &mut Summary,
     (states, retransmits, closes, anomalies): (bool, bool, bool, bool),
 ) -> io::Result<()> {
-    printer.header()?;
+    out.header()?;
     let mut next_detect = Instant::now() + DETECT_EVERY;
     let mut next_refresh = Instant::now() + REFRESH_EVERY;
     loop {
@@ -99,14 +107,22 @@ async fn pump<W: Write>(
                         Detail::Retransmit { .. } => retransmits,
                         Detail::Signal { .. } => false,
                     };
-                    if print {
-                        printer.print(&Record::Event(ev.clone()))?;
+                    let close = closes && ev.close.is_some();
+                    if !print && !close {
+                        continue;
                     }
-                    if closes && ev.close.is_some() {
-                        printer.print(&Record::Close(ev.clone()))?;
-                    }
+                    // The event and its close record are queued, or dropped, together.
+                    out.event(|p| {
+                        if print {
+                            p.print(&Record::Event(ev.clone()))?;
+                        }
+                        if close {
+                            p.print(&Record::Close(ev.clone()))?;
+                        }
+                        Ok(())
+                    })?;
                 }
-                printer.flush()?;
+                out.flush()?;
             }
             Next::Deadline => {
                 let now = Instant::now();
@@ -116,15 +132,15 @@ async fn pump<W: Write>(
                     next_refresh = now + REFRESH_EVERY;
                 }
                 if now >= next_detect {
-                    for a in live.detect().await {
+                    for a in live.detect().await.map(|d| d.anomalies).unwrap_or_default() {
                         if anomalies {
-                            printer.print(&Record::Anomaly(a))?;
+                            out.record(&Record::Anomaly(a))?;
                         }
                     }
                     next_detect = now + DETECT_EVERY;
                 }
-                report_losses(printer, &mut live.losses)?;
-                printer.flush()?;
+                out.report_losses(&mut live.losses)?;
+                out.flush()?;
             }
             Next::Closed => return Ok(()),
         }

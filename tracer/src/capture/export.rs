@@ -10,11 +10,11 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    replay::print_item,
+    replay::{Shown, print_item},
     walk::{Visit, WalkError, WalkReport, walk},
 };
 use crate::{
-    cli::{ExportArgs, capture::ExportFormat},
+    cli::{EventType, ExportArgs, capture::ExportFormat},
     output::Format,
     stream::View,
 };
@@ -83,7 +83,10 @@ pub fn run(args: &ExportArgs) -> Result<WalkReport, WalkError> {
     };
     let mut out = BufWriter::with_capacity(1 << 16, sink);
     let filter = args.filter.to_filter();
-    let view = View::of(&args.filter);
+    let view = Shown {
+        view: View::of(&args.filter),
+        recorded_anomalies: args.filter.wants(EventType::Anomaly),
+    };
     let report = match args.format {
         ExportFormat::Jsonl => walk(&args.files, |v, report| match v {
             Visit::Item(h, item) => {

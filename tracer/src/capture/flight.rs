@@ -16,13 +16,20 @@ use std::{
 };
 
 use super::{
-    CaptureError,
+    CaptureError, anomalies,
     format::{self, BlockHeader, FileHeader},
     header_now, raw,
     records::{BlockBuilder, Item},
     state,
+    tick::Tick,
 };
-use crate::{aggregate::Aggregator, clock::Clock, loss::LossTotals, reader::Batch};
+use crate::{
+    aggregate::Aggregator,
+    anomaly::{Anomaly, Gathered},
+    clock::Clock,
+    loss::LossTotals,
+    reader::Batch,
+};
 
 /// Payload size at which an in-memory block is sealed.
 const BLOCK_BYTES: usize = 128 << 10;
@@ -174,12 +181,39 @@ impl FlightRecorder {
         }
         let now = Clock::now_mono_ns();
         for &(cause, count) in new {
-            self.open.push(&Item::Lost {
+            self.push(&Item::Lost {
                 ts_ns: now,
                 cause: cause.name().to_owned(),
                 count,
             });
+        }
+    }
+
+    /// Whether the agent detects anomalies: its dumps then hold the detection ticks.
+    pub fn detecting(&mut self, on: bool) {
+        self.header.anomalies = on;
+    }
+
+    fn push(&mut self, item: &Item) {
+        // Before the first segment there is no snapshot for the item to apply to.
+        if !self.segments.is_empty() {
+            self.open.push(item);
             self.open_items += 1;
+        }
+    }
+
+    /// A reconciliation just ran: what it read, for replay to apply at this point.
+    pub fn refreshed(&mut self, agg: &Aggregator, losses: &LossTotals) {
+        let r = state::refresh(agg, losses, Clock::now_mono_ns());
+        self.push(&Item::Refresh(Box::new(r)));
+    }
+
+    /// A detection round: its tick, then its anomaly records as the stream prints them.
+    pub fn detected(&mut self, at_ns: u64, inputs: Gathered, found: &[Anomaly]) {
+        self.push(&Item::Tick(Box::new(Tick { at_ns, inputs })));
+        let clock = Clock::with_offset(self.header.clock_offset_ns);
+        for a in found {
+            self.push(&anomalies::printed(a, clock));
         }
     }
 

@@ -48,6 +48,14 @@ pub struct FileHeader {
     pub print_states: bool,
     #[serde(default = "yes")]
     pub print_closes: bool,
+    /// Whether the recorder's stream showed retransmit records. A recorder that detects
+    /// anomalies stores them even when its `--type` hid them: the detectors need them.
+    #[serde(default = "yes")]
+    pub print_retransmits: bool,
+    /// The recorder ran anomaly detection: the file holds its detection ticks, anomaly records
+    /// and every kind of kernel record the detectors read.
+    #[serde(default)]
+    pub anomalies: bool,
 }
 
 impl FileHeader {
@@ -66,6 +74,8 @@ impl FileHeader {
             file_index: 0,
             print_states: true,
             print_closes: true,
+            print_retransmits: true,
+            anomalies: false,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Post-incident capture: a compact, block-framed, checksummed file of everything the stream
-//! prints (kernel records, losses, records of other kinds) plus periodic aggregation
-//! snapshots, written by `tracer record` and the agent's flight recorder, and read back by
+//! prints (kernel records, losses, anomaly records) plus periodic aggregation snapshots and the
+//! detectors' ticks, written by `tracer record` and the agent's flight recorder, and read back by
 //! `tracer replay` and `tracer export`. The format is documented in docs/capture-format.md.
 
+pub mod anomalies;
 pub mod bench;
 pub mod columns;
 pub mod export;
@@ -14,10 +15,14 @@ pub mod record;
 pub mod records;
 pub mod replay;
 pub mod state;
+pub mod tick;
+pub mod timeline;
 pub mod varint;
 pub mod walk;
 pub mod writer;
 
+#[cfg(test)]
+mod anomaly_tests;
 #[cfg(test)]
 mod tests;
 
@@ -85,5 +90,7 @@ pub fn header_now(source: &str, filter: String, clock_offset_ns: u64) -> FileHea
         file_index: 0,
         print_states: true,
         print_closes: true,
+        print_retransmits: true,
+        anomalies: false,
     }
 }

@@ -1,9 +1,13 @@
 //! `tracer record -o FILE`: the stream's records (after the same kernel filter), in-band loss
 //! reports and periodic aggregation snapshots, written to a capture. With `--print` it also
 //! prints the stream, from the very records it writes, so the two can be compared exactly.
+//! Printing goes through the stream's [`OutputQueue`]: a slow stdout drops printed events
+//! (counted as `output_queue_full` in the printed stream and the summary), never recorded ones.
+//! With `--anomalies` it detects as `tracer stream --anomalies` does and also stores each
+//! detection tick (with the host inputs it read) and the anomaly records.
 
 use std::{
-    io::{self, BufWriter, Stdout},
+    io,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -11,20 +15,24 @@ use std::{
 use tokio::time::Instant as TokioInstant;
 
 use super::{
-    CaptureError, header_now, raw,
+    CaptureError, anomalies, header_now, raw,
     records::Item,
     state,
+    tick::Tick,
     writer::{CaptureWriter, WriteStats, WriterOptions},
 };
 use crate::{
     aggregate::Aggregator,
+    anomaly::Config,
     cli::{EventType, FilterArgs, RecordArgs},
     clock::Clock,
-    live::{Live, LiveError},
-    loss::LossTotals,
-    output::{Format, Printer, Record},
+    event::Detail,
+    live::{Detection, Live, LiveError},
+    loss::{LossCause, LossTotals},
+    output::{Format, Record},
+    outqueue::OutputQueue,
     reader::Batch,
-    stream::{self, Summary, View},
+    stream::{Summary, View},
 };
 
 /// How often kernel loss counters are read (as the stream does).
@@ -33,6 +41,10 @@ const LOSS_CHECK: Duration = Duration::from_millis(250);
 pub const BLOCK_BYTES: usize = 256 << 10;
 /// At most one line per this interval about failing writes.
 const ERROR_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// While detecting: detectors run once a second and the reconciliation every 5 s, as in
+/// `tracer stream --anomalies`.
+const DETECT_EVERY: Duration = Duration::from_secs(1);
+const DETECT_REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -55,8 +67,16 @@ pub enum RecordError {
 /// to the printer with `--print`).
 struct Recorder {
     writer: CaptureWriter,
-    printer: Option<Printer<BufWriter<Stdout>>>,
+    /// With `--print`, until printing fails.
+    printer: Option<OutputQueue>,
+    /// Losses of the printed stream alone (`output_queue_full`): the capture has those events,
+    /// so they are printed and summed up but never stored.
+    print_losses: LossTotals,
     view: View,
+    /// Retransmit and anomaly records are printed (and anomalies stored).
+    retransmits: bool,
+    anomalies: bool,
+    clock: Clock,
     filter: tracer_common::Filter,
     summary: Summary,
     /// Loss totals as last read, for snapshots taken inside the tap.
@@ -84,10 +104,16 @@ impl Recorder {
         }
     }
 
-    fn print(&mut self, f: impl FnOnce(&mut Printer<BufWriter<Stdout>>) -> io::Result<()>) {
-        if let Some(p) = &mut self.printer
-            && let Err(e) = f(p)
-        {
+    fn print(&mut self, f: impl FnOnce(&mut OutputQueue) -> io::Result<()>) {
+        if let Some(q) = &mut self.printer {
+            let r = f(q);
+            self.printed(r);
+        }
+    }
+
+    /// A failed print (the writer thread's error, once it stopped) ends printing.
+    fn printed(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
             // A closed pipe ends printing, never the recording.
             if e.kind() != io::ErrorKind::BrokenPipe {
                 eprintln!("tracer: --print: {e}; printing stops, recording continues");
@@ -121,14 +147,42 @@ impl Recorder {
             self.summary.count(ev);
             let r = self.writer.kernel(&raw::encode(ev));
             self.checked(r);
-            if self.printer.is_some() {
+            // Signals feed the detectors only, and a detecting recorder stores retransmits
+            // its `--type` hides (as `stream --anomalies` reads but does not print them).
+            let hidden = match ev.detail {
+                Detail::Signal { .. } => true,
+                Detail::Retransmit { .. } => !self.retransmits,
+                Detail::State { .. } => false,
+            };
+            if self.printer.is_some() && !hidden {
                 let ev = ev.clone();
-                self.print(|p| stream::print_event(p, ev, view));
+                self.print(|q| q.print_event(ev, view));
             }
         }
-        self.print(|p| p.flush());
+        self.print(OutputQueue::flush);
     }
 
+    /// A detection round: its tick, then the anomaly records it produced.
+    fn detected(&mut self, d: Detection) {
+        let tick = Tick {
+            at_ns: d.at_ns,
+            inputs: d.inputs,
+        };
+        let r = self.writer.push(&Item::Tick(Box::new(tick)));
+        self.checked(r);
+        if !self.anomalies {
+            return;
+        }
+        for a in d.anomalies {
+            let r = self.writer.push(&anomalies::printed(&a, self.clock));
+            self.checked(r);
+            self.print(|q| q.record(&Record::Anomaly(a)));
+        }
+        self.print(OutputQueue::flush);
+    }
+
+    /// Stores and prints a loss record for each cause that grew, then prints one for the
+    /// printed events the output queue dropped since the last call (those are not stored).
     fn lost(&mut self, losses: &mut LossTotals) {
         self.losses = losses.clone();
         let now = Clock::now_mono_ns();
@@ -140,15 +194,19 @@ impl Recorder {
             };
             let r = self.writer.push(&item);
             self.checked(r);
-            self.print(|p| {
-                p.print(&Record::Lost {
+            self.print(|q| {
+                q.record(&Record::Lost {
                     ts_ns: now,
                     cause,
                     count,
                 })
             });
         }
-        self.print(|p| p.flush());
+        if let Some(q) = &mut self.printer {
+            let r = q.report_losses(&mut self.print_losses);
+            self.printed(r);
+        }
+        self.print(OutputQueue::flush);
     }
 }
 
@@ -190,14 +248,22 @@ fn describe_filter(f: &FilterArgs) -> String {
     out.join(" ")
 }
 
-pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
+pub async fn run(args: &RecordArgs, detection: Option<Config>) -> Result<WriteStats, RecordError> {
     // The recorder prints and stores with the same offset, so replayed times are identical.
     let clock = Clock::new();
-    let view = View::of(&args.filter);
+    let f = &args.filter;
+    let detecting = detection.is_some();
+    let view = View {
+        states: f.shows(EventType::State),
+        closes: f.shows(EventType::Close),
+    };
     let mut header = header_now("record", describe_filter(&args.filter), clock.offset_ns());
     header.print_states = view.states;
     header.print_closes = view.closes;
+    header.print_retransmits = f.shows(EventType::Retransmit);
+    header.anomalies = detecting;
     // Before attaching: an unwritable path fails here and leaves the kernel untouched.
+    let header_retransmits = header.print_retransmits;
     let writer = CaptureWriter::create(
         WriterOptions {
             path: args.output.clone(),
@@ -214,23 +280,46 @@ pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
     // Close records count retransmissions too.
     opts.probes.retransmits =
         args.filter.wants(EventType::Retransmit) || args.filter.wants(EventType::Close);
+    if detecting {
+        // The detectors need every kind of event; `--type` only selects what is printed.
+        opts.probes.config.filter.flags &= !tracer_common::Filter::KIND;
+        opts.probes.retransmits = true;
+        opts.probes.signals = true;
+    }
     let mut live = Live::start(&opts).await?;
-    let printer = args.print.then(|| {
-        let format = if args.json {
-            Format::Json
-        } else {
-            Format::Human
-        };
-        Printer::new(
-            BufWriter::with_capacity(1 << 16, io::stdout()),
-            format,
-            clock,
-        )
-    });
+    if let Some(cfg) = detection {
+        live.enable_detection(cfg);
+    }
+    if let Some(d) = &live.detector {
+        for (kind, why) in &d.unavailable {
+            eprintln!("tracer: degraded: {}: {why}", kind.name());
+        }
+    }
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let printer = if args.print {
+        let q =
+            OutputQueue::stdout(format, clock, args.output_queue as usize).map_err(|source| {
+                CaptureError::Io {
+                    path: "stdout".into(),
+                    source,
+                }
+            })?;
+        Some(q)
+    } else {
+        None
+    };
     let rec = Arc::new(Mutex::new(Recorder {
         writer,
         printer,
+        print_losses: LossTotals::default(),
         view,
+        retransmits: header_retransmits,
+        anomalies: detecting && f.shows(EventType::Anomaly),
+        clock,
         filter: args.filter.to_filter(),
         summary: Summary::default(),
         losses: LossTotals::default(),
@@ -239,7 +328,7 @@ pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
     }));
     {
         let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
-        r.print(|p| p.header());
+        r.print(OutputQueue::header);
         // The start-up dump: the state the first records apply to.
         r.snapshot(&live.agg);
         eprintln!(
@@ -255,30 +344,63 @@ pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
             .tap(batch, agg);
     }));
 
+    // Without detection the reconciliation runs only for the snapshots.
+    let refresh_every = if detecting {
+        DETECT_REFRESH_EVERY.min(args.snapshot_interval)
+    } else {
+        args.snapshot_interval
+    };
     let now = TokioInstant::now();
-    let (mut next_loss, mut next_flush, mut next_snapshot) = (
+    let (mut next_loss, mut next_flush, mut next_snapshot, mut next_refresh) = (
         now + LOSS_CHECK,
         now + args.flush_interval,
         now + args.snapshot_interval,
+        now + refresh_every,
     );
+    let mut next_detect = detecting.then(|| now + DETECT_EVERY);
     loop {
+        let deadline = next_loss
+            .min(next_flush)
+            .min(next_snapshot)
+            .min(next_refresh);
         let running = live
-            .run_until(next_loss.min(next_flush).min(next_snapshot))
+            .run_until(next_detect.map_or(deadline, |d| deadline.min(d)))
             .await;
         let now = TokioInstant::now();
-        if now >= next_snapshot
-            && let Err(e) = live.refresh().await
-        {
-            eprintln!("tracer: refresh failed; the snapshot keeps the previous counts: {e}");
-        }
+        let snapshot_due = now >= next_snapshot;
+        // Taken right after the reconciliation, before anything else is applied: replay
+        // applies it at this point of the record order.
+        let refresh = if snapshot_due || now >= next_refresh {
+            if let Err(e) = live.refresh().await {
+                eprintln!("tracer: refresh failed; the snapshot keeps the previous counts: {e}");
+            }
+            next_refresh = now + refresh_every;
+            Some(state::refresh(
+                &live.agg,
+                &live.losses,
+                Clock::now_mono_ns(),
+            ))
+        } else {
+            None
+        };
+        let detection = match next_detect {
+            Some(t) if now >= t => {
+                next_detect = Some(now + DETECT_EVERY);
+                live.detect().await
+            }
+            _ => None,
+        };
         let _ = live.probes.observe_losses(&mut live.losses);
         let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
         r.lost(&mut live.losses);
-        if now >= next_snapshot {
-            let at = Clock::now_mono_ns();
-            let refresh = state::refresh(&live.agg, &live.losses, at);
+        if let Some(refresh) = refresh {
             let w = r.writer.push(&Item::Refresh(Box::new(refresh)));
             r.checked(w);
+        }
+        if let Some(d) = detection {
+            r.detected(d);
+        }
+        if snapshot_due {
             r.snapshot(&live.agg);
             next_snapshot = now + args.snapshot_interval;
         }
@@ -296,10 +418,25 @@ pub async fn run(args: &RecordArgs) -> Result<WriteStats, RecordError> {
     let mut losses = live.losses.clone();
     // Stopping drains the ring through the tap.
     live.stop().await?;
+    let printer = {
+        let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
+        r.lost(&mut losses);
+        let w = r.writer.finish();
+        r.checked(w);
+        r.printer.take()
+    };
+    // Everything queued is printed before the summary.
+    if let Some(q) = printer
+        && let Err(e) = q.finish_async().await
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        eprintln!("tracer: --print: {e}");
+    }
     let mut r = rec.lock().unwrap_or_else(PoisonError::into_inner);
-    r.lost(&mut losses);
-    let w = r.writer.finish();
-    r.checked(w);
+    let dropped = r.print_losses.total(LossCause::OutputQueueFull);
+    if dropped > 0 {
+        losses.add(LossCause::OutputQueueFull, dropped);
+    }
     r.summary.losses = losses;
     eprintln!("{}", r.summary.line());
     let s = r.writer.stats.clone();

@@ -6,6 +6,7 @@ use tracer_common::RawEvent;
 
 use super::{
     CorruptPayload, columns,
+    tick::Tick,
     varint::{self, Cursor},
 };
 
@@ -30,6 +31,8 @@ pub enum Item {
         json: String,
         human: String,
     },
+    /// A detection round of the recorder, with the host inputs it read.
+    Tick(Box<Tick>),
     /// An item of a newer format version; skipped and counted.
     Unknown { tag: u8 },
 }
@@ -39,6 +42,7 @@ const TAG_LOST: u8 = 1;
 const TAG_SNAPSHOT: u8 = 2;
 const TAG_REFRESH: u8 = 3;
 const TAG_PRINTED: u8 = 4;
+const TAG_TICK: u8 = 5;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mini {
@@ -91,6 +95,10 @@ pub struct StateSnapshot {
     pub other_netns: u64,
     /// Loss totals by cause name.
     pub losses: Vec<(String, u64)>,
+    /// Process names (`/proc/PID/comm`) as the recorder knew them: rows and anomaly subjects
+    /// name processes, not the thread an event saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -101,6 +109,9 @@ pub struct Refresh {
     pub listeners: Vec<SnapListener>,
     pub procs: Vec<SnapProc>,
     pub losses: Vec<(String, u64)>,
+    /// Process names as the recorder knew them (see [`StateSnapshot::names`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<(u32, String)>,
 }
 
 /// Collects items into one block payload.
@@ -165,6 +176,10 @@ impl BlockBuilder {
                     body.extend_from_slice(s.as_bytes());
                 }
                 TAG_PRINTED
+            }
+            Item::Tick(t) => {
+                t.encode(&mut body);
+                TAG_TICK
             }
             Item::Unknown { .. } => return,
         };
@@ -232,6 +247,7 @@ pub fn decode_payload(raw: &[u8]) -> Result<Vec<Item>, CorruptPayload> {
                 let human = string(b.chunk()?)?;
                 Item::Printed { ts_ns, json, human }
             }
+            TAG_TICK => Item::Tick(Box::new(Tick::decode(&mut b)?)),
             tag => Item::Unknown { tag },
         });
     }
@@ -261,7 +277,7 @@ fn encode_snapshot(s: &StateSnapshot, out: &mut Vec<u8>) {
     }
 }
 
-fn put_sockaddr(out: &mut Vec<u8>, a: &std::net::SocketAddr) {
+pub(super) fn put_sockaddr(out: &mut Vec<u8>, a: &std::net::SocketAddr) {
     match a.ip() {
         std::net::IpAddr::V4(ip) => {
             out.push(4);
@@ -275,7 +291,7 @@ fn put_sockaddr(out: &mut Vec<u8>, a: &std::net::SocketAddr) {
     out.extend_from_slice(&a.port().to_le_bytes());
 }
 
-fn get_sockaddr(c: &mut Cursor<'_>) -> Result<std::net::SocketAddr, CorruptPayload> {
+pub(super) fn get_sockaddr(c: &mut Cursor<'_>) -> Result<std::net::SocketAddr, CorruptPayload> {
     let ip: std::net::IpAddr = match c.u8()? {
         4 => <[u8; 4]>::try_from(c.bytes(4)?).expect("4 bytes").into(),
         16 => <[u8; 16]>::try_from(c.bytes(16)?).expect("16 bytes").into(),

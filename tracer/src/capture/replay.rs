@@ -7,17 +7,19 @@ use std::io::{self, BufWriter, Write};
 use tracer_common::{Filter, RawEvent};
 
 use super::{
+    anomalies::{self, Redetect},
     format::FileHeader,
     raw,
     records::Item,
-    state,
+    timeline::Timeline,
     walk::{Visit, WalkError, WalkReport, walk},
 };
 use crate::{
-    aggregate::Aggregator,
+    anomaly::Config,
+    cli::{EventType, ReplayArgs},
     clock::Clock,
-    event::{Event, decode},
-    loss::{LossCause, LossTotals},
+    event::{Detail, Event, decode},
+    loss::LossCause,
     output::{Format, HUMAN_HEADER, Printer, Record},
     stats,
     stream::{self, View},
@@ -38,20 +40,39 @@ pub fn view_of(h: &FileHeader, mine: View) -> View {
     }
 }
 
+/// Which recorded records print: the recorder's view narrowed by the replay's own flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    pub view: View,
+    /// Anomaly records stored by the recorder (off when replay detects them itself).
+    pub recorded_anomalies: bool,
+}
+
 /// Prints one item as the live stream printed it.
 pub fn print_item<W: Write>(
     out: &mut W,
     h: &FileHeader,
     format: Format,
     filter: &Filter,
-    view: View,
+    shown: Shown,
     item: Item,
     report: &mut WalkReport,
 ) -> io::Result<()> {
     let mut p = Printer::new(out, format, Clock::with_offset(h.clock_offset_ns));
     match item {
         Item::Kernel(r) => match filtered(filter, &r) {
-            Some(Ok(ev)) => stream::print_event(&mut p, ev, view_of(h, view))?,
+            Some(Ok(ev)) => {
+                // Signals feed the detectors only; a detecting recorder may have hidden
+                // retransmits it still stored for them.
+                let hidden = match ev.detail {
+                    Detail::Signal { .. } => true,
+                    Detail::Retransmit { .. } => !h.print_retransmits,
+                    Detail::State { .. } => false,
+                };
+                if !hidden {
+                    stream::print_event(&mut p, ev, view_of(h, shown.view))?;
+                }
+            }
             Some(Err(())) => report.unknown += 1,
             None => {}
         },
@@ -68,77 +89,20 @@ pub fn print_item<W: Write>(
             None => report.unknown += 1,
         },
         Item::Printed { json, human, .. } => {
-            let line = if format == Format::Json { json } else { human };
-            let out = p.into_inner();
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
+            if shown.recorded_anomalies || !anomalies::is_anomaly(&json) {
+                let line = if format == Format::Json { json } else { human };
+                let out = p.into_inner();
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
         }
         Item::Unknown { .. } => report.unknown += 1,
-        Item::Snapshot(_) | Item::Refresh(_) => {}
+        Item::Snapshot(_) | Item::Refresh(_) | Item::Tick(_) => {}
     }
     Ok(())
 }
 
-/// Aggregation over replayed items, started from the first snapshot (and restarted from the
-/// next one after a gap).
-struct StatsReplay {
-    agg: Option<Aggregator>,
-    losses: LossTotals,
-    filter: Filter,
-    /// A gap was found: the next snapshot replaces the state.
-    resync: bool,
-    netns: Option<u32>,
-}
-
-impl StatsReplay {
-    fn agg(&mut self) -> &mut Aggregator {
-        let netns = self.netns;
-        self.agg
-            .get_or_insert_with(|| Aggregator::new(1 << 20, netns))
-    }
-
-    fn apply(&mut self, item: Item, report: &mut WalkReport) {
-        match item {
-            Item::Snapshot(s) => {
-                if self.agg.is_none() || self.resync {
-                    let mut losses = LossTotals::default();
-                    self.agg = Some(state::restore(
-                        &s,
-                        self.netns,
-                        Some(&self.filter),
-                        &mut losses,
-                    ));
-                    self.losses = losses;
-                    self.resync = false;
-                }
-            }
-            Item::Refresh(r) => {
-                let agg = self
-                    .agg
-                    .get_or_insert_with(|| Aggregator::new(1 << 20, None));
-                state::apply_refresh(agg, &mut self.losses, &r);
-            }
-            Item::Kernel(r) => match filtered(&self.filter, &r) {
-                Some(Ok(ev)) => self.agg().apply(&ev),
-                Some(Err(())) => report.unknown += 1,
-                None => {}
-            },
-            Item::Lost { cause, count, .. } => match LossCause::from_name(&cause) {
-                Some(c) => self.losses.add(c, count),
-                None => report.unknown += 1,
-            },
-            Item::Printed { .. } => {}
-            Item::Unknown { .. } => report.unknown += 1,
-        }
-    }
-}
-
-fn stats_text(
-    s: &mut StatsReplay,
-    clock: Clock,
-    args: &crate::cli::ReplayArgs,
-    at_ns: u64,
-) -> String {
+fn stats_text(s: &mut Timeline, clock: Clock, args: &ReplayArgs, at_ns: u64) -> String {
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
     let losses = s.losses.clone();
     let stats = s.agg().stats(at_ns, top, args.sort, &losses);
@@ -150,58 +114,13 @@ fn stats_text(
     }
 }
 
-pub fn run(args: &crate::cli::ReplayArgs) -> Result<WalkReport, WalkError> {
+pub fn run(args: &ReplayArgs, detection: Option<Config>) -> Result<WalkReport, WalkError> {
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let filter = args.filter.to_filter();
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let view = View::of(&args.filter);
     let report = if args.stats {
-        let mut s = StatsReplay {
-            agg: None,
-            losses: LossTotals::default(),
-            filter,
-            resync: false,
-            netns: None,
-        };
-        let mut clock = Clock::with_offset(0);
-        let interval = args.interval.map(|d| d.as_nanos() as u64);
-        let mut next_report: Option<u64> = None;
-        let report = walk(&args.files, |v, report| {
-            match v {
-                Visit::File(h) => {
-                    clock = Clock::with_offset(h.clock_offset_ns);
-                    s.netns = h.netns;
-                }
-                Visit::Gap => s.resync = true,
-                Visit::Item(_, item) => {
-                    if let (Some(every), Item::Kernel(r)) = (interval, &item) {
-                        let due = *next_report.get_or_insert(r.ts_ns.saturating_add(every));
-                        if r.ts_ns >= due {
-                            out.write_all(stats_text(&mut s, clock, args, due).as_bytes())?;
-                            next_report = Some(due.saturating_add(every));
-                        }
-                    }
-                    s.apply(item, report);
-                }
-            }
-            Ok(())
-        })?;
-        let end = s.agg().now_ns;
-        out.write_all(stats_text(&mut s, clock, args, end).as_bytes())
-            .map_err(WalkError::Output)?;
-        report
+        stats(args, filter, &mut out)?
     } else {
-        if format == Format::Human {
-            writeln!(out, "{HUMAN_HEADER}").map_err(WalkError::Output)?;
-        }
-        walk(&args.files, |v, report| match v {
-            Visit::Item(h, item) => print_item(&mut out, h, format, &filter, view, item, report),
-            Visit::File(_) | Visit::Gap => Ok(()),
-        })?
+        records(args, &filter, detection, &mut out)?
     };
     match out.flush() {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(WalkError::Output(e)),
@@ -210,4 +129,97 @@ pub fn run(args: &crate::cli::ReplayArgs) -> Result<WalkReport, WalkError> {
     eprintln!("{}", report.summary());
     report.check(args.strict)?;
     Ok(report)
+}
+
+/// `tracer stats` reports from the replayed aggregation.
+fn stats<W: Write>(
+    args: &ReplayArgs,
+    filter: Filter,
+    out: &mut W,
+) -> Result<WalkReport, WalkError> {
+    let mut s = Timeline::new(filter);
+    let mut clock = Clock::with_offset(0);
+    let interval = args.interval.map(|d| d.as_nanos() as u64);
+    let mut next_report: Option<u64> = None;
+    let report = walk(&args.files, |v, report| {
+        match v {
+            Visit::File(h) => {
+                clock = Clock::with_offset(h.clock_offset_ns);
+                s.netns = h.netns;
+            }
+            Visit::Gap => s.gap(),
+            Visit::Item(_, item) => {
+                if let (Some(every), Item::Kernel(r)) = (interval, &item) {
+                    let due = *next_report.get_or_insert(r.ts_ns.saturating_add(every));
+                    if r.ts_ns >= due {
+                        out.write_all(stats_text(&mut s, clock, args, due).as_bytes())?;
+                        next_report = Some(due.saturating_add(every));
+                    }
+                }
+                s.apply(&item, report);
+            }
+        }
+        Ok(())
+    })?;
+    let end = s.agg().now_ns;
+    out.write_all(stats_text(&mut s, clock, args, end).as_bytes())
+        .map_err(WalkError::Output)?;
+    Ok(report)
+}
+
+/// The stream's records; with `detection`, anomalies detected anew in place of the recorded
+/// ones.
+pub(super) fn records<W: Write>(
+    args: &ReplayArgs,
+    filter: &Filter,
+    detection: Option<Config>,
+    out: &mut W,
+) -> Result<WalkReport, WalkError> {
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let print_anomalies = args.filter.wants(EventType::Anomaly);
+    let shown = Shown {
+        view: View::of(&args.filter),
+        recorded_anomalies: print_anomalies && detection.is_none(),
+    };
+    let mut redetect = detection.map(|cfg| Redetect::new(cfg, filter));
+    if format == Format::Human {
+        writeln!(out, "{HUMAN_HEADER}").map_err(WalkError::Output)?;
+    }
+    let mut files = args.files.iter();
+    walk(&args.files, |v, report| {
+        match v {
+            Visit::Item(h, item) => {
+                let Some(r) = &mut redetect else {
+                    return print_item(out, h, format, filter, shown, item, report);
+                };
+                let (due, found) = (r.due(&item), r.apply(&item));
+                if print_anomalies {
+                    anomalies::print(out, h, format, due)?;
+                }
+                print_item(out, h, format, filter, shown, item, report)?;
+                if print_anomalies {
+                    anomalies::print(out, h, format, found)?;
+                }
+            }
+            Visit::File(h) => {
+                let name = files.next().map(|p| p.display().to_string());
+                if let Some(note) = redetect
+                    .as_mut()
+                    .and_then(|r| r.file(h, name.as_deref().unwrap_or_default()))
+                {
+                    eprintln!("{note}");
+                }
+            }
+            Visit::Gap => {
+                if let Some(r) = &mut redetect {
+                    r.gap();
+                }
+            }
+        }
+        Ok(())
+    })
 }

@@ -65,6 +65,17 @@ fn procs_of(agg: &Aggregator) -> Vec<SnapProc> {
     v
 }
 
+fn names_of(agg: &Aggregator) -> Vec<(u32, String)> {
+    agg.process_names()
+        .into_iter()
+        .map(|(pid, c)| (pid, c.to_string()))
+        .collect()
+}
+
+fn set_names(agg: &mut Aggregator, names: &[(u32, String)]) {
+    agg.set_process_names(names.iter().map(|(p, c)| (*p, Comm::from(c.as_str()))));
+}
+
 fn losses_of(losses: &LossTotals) -> Vec<(String, u64)> {
     LossCause::ALL
         .iter()
@@ -114,6 +125,7 @@ pub fn snapshot(
         stale_entries: agg.stale_entries,
         other_netns: agg.other_netns,
         losses: losses_of(losses),
+        names: names_of(agg),
     }
 }
 
@@ -125,6 +137,7 @@ pub fn refresh(agg: &Aggregator, losses: &LossTotals, at_ns: u64) -> Refresh {
         listeners: listeners_of(agg),
         procs: procs_of(agg),
         losses: losses_of(losses),
+        names: names_of(agg),
     }
 }
 
@@ -231,6 +244,7 @@ pub fn restore(
     agg.seed(&socks, &owners);
     apply_parts(&mut agg, s.mini, s.at_ns, &s.listeners);
     agg.set_proc_bytes(proc_bytes(&s.procs));
+    set_names(&mut agg, &s.names);
     agg.transitions = s.transitions.iter().map(|&(o, n, c)| ((o, n), c)).collect();
     agg.retransmits = s.retransmits;
     agg.closes = s
@@ -249,5 +263,6 @@ pub fn restore(
 pub fn apply_refresh(agg: &mut Aggregator, losses: &mut LossTotals, r: &Refresh) {
     apply_parts(agg, r.mini, r.started_ns, &r.listeners);
     agg.set_proc_bytes(proc_bytes(&r.procs));
+    set_names(agg, &r.names);
     observe_losses(losses, &r.losses);
 }

@@ -78,6 +78,7 @@ fn snapshot() -> StateSnapshot {
         stale_entries: 0,
         other_netns: 2,
         losses: vec![("ringbuf_full".into(), 6)],
+        names: vec![(42, "nginx".into())],
     }
 }
 
@@ -112,7 +113,9 @@ fn items() -> Vec<Item> {
         listeners: Vec::new(),
         procs: Vec::new(),
         losses: vec![("decode_error".into(), 1)],
+        names: vec![(42, "nginx".into())],
     })));
+    out.push(Item::Tick(Box::new(super::anomaly_tests::tick())));
     out.push(Item::Printed {
         ts_ns: 9,
         json: r#"{"type":"anomaly","kind":"x"}"#.into(),
@@ -326,6 +329,7 @@ fn snapshots_restore_the_aggregation() {
     for ev in &evs[..230] {
         agg.apply(ev);
     }
+    agg.set_process_names([(evs[0].owner.as_ref().map_or(1, |o| o.pid), "named".into())]);
     let mut losses = LossTotals::default();
     losses.add(LossCause::RingbufFull, 3);
     let snap = state::snapshot(&agg, &losses, agg.now_ns, None);
@@ -343,6 +347,7 @@ fn snapshots_restore_the_aggregation() {
     assert_eq!(a.lost, b.lost);
     assert_eq!(a.processes, b.processes);
     assert_eq!(a.tracking.sockets, b.tracking.sockets);
+    assert_eq!(agg.process_names(), restored.process_names());
 }
 
 #[test]

@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use super::{FilterArgs, LiveArgs, live::parse_interval, parse_duration, size_parts};
+use super::{
+    AnomalyArgs, EventType, FilterArgs, LiveArgs, live::parse_interval, output_queue_parser,
+    parse_duration, size_parts,
+};
 use crate::{aggregate::view::ProcSort, capture::writer::Fsync};
 
 /// `1M`..`1T` style sizes (powers of 1024), 64-bit.
@@ -77,6 +80,18 @@ pub struct RecordArgs {
     /// With --print: JSON lines instead of columns.
     #[arg(long, requires = "print")]
     pub json: bool,
+    /// With --print: events waiting for stdout at most; beyond that they are not printed
+    /// (still recorded) and are counted as `output_queue_full`, so a slow reader never stalls
+    /// the ring-buffer drain.
+    #[arg(long, value_name = "EVENTS", requires = "print",
+          default_value_t = crate::outqueue::DEFAULT_CAPACITY, value_parser = output_queue_parser())]
+    pub output_queue: u32,
+    /// Detect anomalies as `tracer stream --anomalies` does, and store the anomaly records and
+    /// the detectors' inputs in the capture (see docs/capture-format.md).
+    #[arg(long)]
+    pub anomalies: bool,
+    #[command(flatten)]
+    pub anomaly: AnomalyArgs,
     #[command(flatten)]
     pub file: CaptureFileArgs,
     #[command(flatten)]
@@ -109,6 +124,27 @@ pub struct ReplayArgs {
     /// Exit 1 when anything was skipped (damaged or truncated blocks, unknown records).
     #[arg(long)]
     pub strict: bool,
+    /// Detect anomalies anew, offline, on the capture's own timeline, and print those instead
+    /// of the anomaly records the recorder stored.
+    #[arg(long, conflicts_with = "stats")]
+    pub anomalies: bool,
+    #[command(flatten)]
+    pub anomaly: AnomalyArgs,
+}
+
+impl RecordArgs {
+    /// Whether the recorder detects anomalies (as `stream` decides it).
+    pub fn detects(&self) -> bool {
+        self.anomalies || self.anomaly.given() || self.filter.types.contains(&EventType::Anomaly)
+    }
+}
+
+impl ReplayArgs {
+    /// Whether replay detects anomalies itself. `--type anomaly` alone does not: it shows the
+    /// recorded ones.
+    pub fn detects(&self) -> bool {
+        self.anomalies || self.anomaly.given()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +214,8 @@ mod tests {
             "3",
             "--print",
             "--json",
+            "--output-queue",
+            "16",
         ])
         .unwrap()
         else {
@@ -187,6 +225,7 @@ mod tests {
         assert_eq!(r.max_files, Some(3));
         assert_eq!(r.filter.port, Some(80));
         assert_eq!(r.file.level(), Some(3));
+        assert_eq!(r.output_queue, 16);
     }
 
     #[test]
@@ -197,6 +236,8 @@ mod tests {
             &["record", "-o", "x", "--max-size", "100K"],
             &["record", "-o", "x", "--max-size", "12Q"],
             &["record", "-o", "x", "--json"],
+            &["record", "-o", "x", "--output-queue", "16"],
+            &["record", "-o", "x", "--print", "--output-queue", "0"],
             &["record", "-o", "x", "--zstd-level", "30"],
             &["replay"],
             &["replay", "f", "--interval", "5"],

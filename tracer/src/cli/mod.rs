@@ -134,6 +134,16 @@ pub struct StreamArgs {
     /// With --wakeup batched: pending bytes that force a wakeup.
     #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
     pub wakeup_bytes: u32,
+    /// Events waiting for stdout at most; beyond that they are dropped and counted as
+    /// `output_queue_full`, so a slow reader never stalls the ring-buffer drain.
+    #[arg(long, value_name = "EVENTS", default_value_t = crate::outqueue::DEFAULT_CAPACITY,
+          value_parser = output_queue_parser())]
+    pub output_queue: u32,
+}
+
+/// `--output-queue` (`stream`, `record --print`): 1 to 16M events.
+pub(crate) fn output_queue_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=16_777_216)
 }
 
 fn parse_comm(s: &str) -> Result<[u8; COMM_LEN], String> {
@@ -276,6 +286,12 @@ impl FilterArgs {
 
     pub fn wants(&self, t: EventType) -> bool {
         self.types.is_empty() || self.types.contains(&t)
+    }
+
+    /// Whether records of type `t` are printed while detecting anomalies: as [`Self::wants`],
+    /// except that with only `--type anomaly` nothing else is.
+    pub fn shows(&self, t: EventType) -> bool {
+        self.wants(t) && (t == EventType::Anomaly || self.types != [EventType::Anomaly])
     }
 }
 

@@ -433,7 +433,7 @@ mod tests {
         for st in 1..=state::MAX_STATE {
             if st != state::CLOSE && st != state::NEW_SYN_RECV {
                 s.states
-                    .insert(state::name(st).unwrap().to_owned(), u64::from(st) * 10);
+                    .insert(state::display(st).to_owned(), u64::from(st) * 10);
             }
         }
         s.totals.total = 123_456;

@@ -598,3 +598,17 @@ pub fn wait_until<T, E>(
         }
     }
 }
+
+impl Tracer {
+    /// Whether the tracer said at start-up that `feature` is degraded on this kernel.
+    pub fn degraded(&self, feature: &str) -> bool {
+        let line = format!("tracer: degraded: {feature}:");
+        self.started.iter().any(|l| l.starts_with(&line))
+    }
+
+    /// Sends `sig` to the tracer (SIGSTOP/SIGCONT stop and resume its reader).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}

@@ -1,0 +1,64 @@
+//! Lost-event accounting: with the tracer stopped, a burst of connections overflows a one-page
+//! ring buffer. Every transition the kernel made must then be printed or counted as lost, exactly,
+//! and the loss must be named as a full ring.
+
+mod common;
+
+use common::*;
+
+/// Connections in the burst: ten transitions each, far more than a page holds (~30 records).
+const CONNECTIONS: u64 = 200;
+
+#[test]
+fn a_full_ring_buffer_is_accounted_exactly() {
+    if !kernel_available("a_full_ring_buffer_is_accounted_exactly") {
+        return;
+    }
+    let port = port();
+    let p = port.to_string();
+    let server = exchange_server("127.0.0.1", port, CONNECTIONS, &[]);
+    let tracer = Tracer::start(&["--port", &p, "--type", "state", "--ring-size", "4096"]);
+    tracer.signal(libc::SIGSTOP);
+    exchange_clients(
+        server,
+        "127.0.0.1",
+        port,
+        CONNECTIONS,
+        &["--send", "100", "--close", "normal"],
+    );
+    tracer.signal(libc::SIGCONT);
+    let run = tracer.stop();
+    let printed = run.of_type("state").len() as u64;
+    let mut by_cause = std::collections::BTreeMap::new();
+    for l in run.lost_records() {
+        *by_cause
+            .entry(l["cause"].as_str().unwrap().to_string())
+            .or_insert(0) += l["count"].as_u64().unwrap();
+    }
+    let lost: u64 = by_cause.values().sum();
+    // The listener was already up: its LISTEN -> CLOSE is the only listener transition here.
+    let expected = 1 + 10 * CONNECTIONS;
+    assert_eq!(
+        printed + lost,
+        expected,
+        "{printed} printed + {lost} lost ({by_cause:?}) != {expected} transitions"
+    );
+    assert_eq!(
+        by_cause.keys().collect::<Vec<_>>(),
+        ["ringbuf_full"],
+        "{by_cause:?}"
+    );
+    assert!(
+        printed < 100,
+        "a page cannot hold {printed} records; the reader was not stopped"
+    );
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(" events ("))
+        .expect("summary line");
+    assert!(
+        summary.contains(&format!("; lost {lost} (ringbuf_full={lost} ")),
+        "{summary}"
+    );
+}

@@ -1,0 +1,216 @@
+//! A stalled stdout: the output queue of `tracer stream` (with and without `--anomalies`) and
+//! of `tracer record --print` drops what does not fit and counts it as `output_queue_full`,
+//! while the ring buffer keeps being drained (no `ringbuf_full`). The recorder still stores
+//! every record.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Connections in the burst; each makes five transitions on either side: 10,002 records of
+/// 136 bytes, more than the ring holds (7,710 with `--ring-size 1M`), so it must keep being
+/// drained while stdout is stalled.
+const CONNECTIONS: u64 = 1000;
+
+/// `cause=N` from the stop summary.
+fn summary_loss(summary: &str, cause: &str) -> u64 {
+    let key = format!("{cause}=");
+    summary
+        .split_whitespace()
+        .find_map(|w| w.trim_start_matches('(').strip_prefix(&key))
+        .and_then(|v| v.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no {cause} in {summary}"))
+}
+
+/// What a run with a stalled stdout printed, and its stop summary.
+struct Stalled {
+    records: Vec<Value>,
+    summary: String,
+}
+
+/// Runs `tracer ARGS --json --type state --port P --output-queue 16 --ring-size 1M` with
+/// nobody reading its stdout while [`CONNECTIONS`] connections come and go, then stops it and
+/// reads everything it printed. `marker` is the stderr line that says it is running.
+fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
+    if !kernel_available(test) {
+        return None;
+    }
+    let port = port();
+    let p = port.to_string();
+    let mut child = Command::new(TRACER)
+        .args(args)
+        .args(["--json", "--type", "state", "--port", &p])
+        .args(["--output-queue", "16", "--ring-size", "1M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tracer");
+    let stderr = StderrLines::follow(&mut child);
+    let mut lines = Vec::new();
+    if stderr
+        .wait_for(marker, Duration::from_secs(30), &mut lines)
+        .is_none()
+    {
+        let _ = child.kill();
+        panic!("tracer did not start: {lines:?}");
+    }
+    // Nobody reads stdout during the burst: the pipe (64 KiB) fills after ~200 records.
+    let mut stdout = child.stdout.take().unwrap();
+    let server = exchange_server("127.0.0.1", port, CONNECTIONS, &[]);
+    exchange_clients(server, "127.0.0.1", port, CONNECTIONS, &[]);
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("tracer exits");
+    stderr.drain(&mut lines);
+    assert!(status.success(), "{status}: {lines:?}");
+    let summary = lines
+        .iter()
+        .find(|l| l.contains(" events ("))
+        .unwrap_or_else(|| panic!("no summary in {lines:?}"))
+        .clone();
+    eprintln!("{test}: {summary}");
+    let records = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
+        .collect();
+    Some(Stalled { records, summary })
+}
+
+/// `lost` records' counts, per cause.
+fn lost_by_cause(records: &[Value]) -> BTreeMap<String, u64> {
+    let mut lost: BTreeMap<String, u64> = BTreeMap::new();
+    for r in records.iter().filter(|r| r["type"] == "lost") {
+        *lost
+            .entry(r["cause"].as_str().unwrap().to_owned())
+            .or_default() += r["count"].as_u64().unwrap();
+    }
+    lost
+}
+
+/// Transitions the kernel itself did not deliver (normally none), counted apart.
+fn kernel_side(summary: &str) -> u64 {
+    summary_loss(summary, "recursion_miss")
+        + summary_loss(summary, "kernel_undelivered")
+        + summary_loss(summary, "decode_error")
+}
+
+/// The burst's transitions: listener open and close, then five per side per connection.
+const GENERATED: u64 = 2 + 10 * CONNECTIONS;
+
+/// Every transition of the burst was printed or counted as `output_queue_full` (in-band and in
+/// the summary alike), the stall dropped some, the ring never filled, and what was printed is
+/// in order. Returns the printed state records.
+fn assert_exact(run: &Stalled) -> Vec<&Value> {
+    let Stalled { records, summary } = run;
+    let states: Vec<&Value> = records.iter().filter(|r| r["type"] == "state").collect();
+    let lost = lost_by_cause(records);
+    let queue_full = lost.get("output_queue_full").copied().unwrap_or(0);
+    assert_eq!(summary_loss(summary, "output_queue_full"), queue_full);
+    // The drain kept up: the kernel ring never filled.
+    assert_eq!(summary_loss(summary, "ringbuf_full"), 0, "{summary}");
+    assert!(queue_full > 0, "the stall dropped nothing: {summary}");
+    assert_eq!(
+        states.len() as u64 + queue_full + kernel_side(summary),
+        GENERATED,
+        "{} printed, {lost:?} lost; {summary}",
+        states.len()
+    );
+    // Printed in order: each socket's transitions in kernel time order.
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for s in &states {
+        let time = s["time"].as_str().unwrap();
+        if let Some(prev) = last.insert(s["sk"].as_str().unwrap(), time) {
+            assert!(prev <= time, "out of order at {s}");
+        }
+    }
+    states
+}
+
+#[test]
+fn stalled_stdout_loses_to_the_output_queue_exactly() {
+    let Some(run) = stalled(
+        "stalled_stdout_loses_to_the_output_queue_exactly",
+        &["stream"],
+        "streaming",
+    ) else {
+        return;
+    };
+    assert_exact(&run);
+}
+
+#[test]
+fn stalled_stdout_with_anomalies_loses_to_the_output_queue_exactly() {
+    let Some(run) = stalled(
+        "stalled_stdout_with_anomalies_loses_to_the_output_queue_exactly",
+        &["stream", "--anomalies"],
+        "detecting anomalies; streaming",
+    ) else {
+        return;
+    };
+    assert_exact(&run);
+}
+
+#[test]
+fn stalled_record_print_loses_printed_events_only() {
+    let dir = std::env::temp_dir().join(format!("tracer-oq-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file: PathBuf = dir.join("stalled.trc");
+    let f = file.to_str().unwrap();
+    let Some(run) = stalled(
+        "stalled_record_print_loses_printed_events_only",
+        &["record", "-o", f, "--print"],
+        "recording to",
+    ) else {
+        return;
+    };
+    let printed = assert_exact(&run);
+
+    // The capture holds every transition, the ones the printer dropped included, and none of
+    // its loss records is the printer's.
+    let replay = Command::new(TRACER)
+        .args(["replay", f, "--json", "--strict"])
+        .output()
+        .expect("run tracer replay");
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replayed: Vec<Value> = String::from_utf8(replay.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stored = lost_by_cause(&replayed);
+    assert!(!stored.contains_key("output_queue_full"), "{stored:?}");
+    let replayed: Vec<&Value> = replayed.iter().filter(|r| r["type"] == "state").collect();
+    assert_eq!(
+        replayed.len() as u64 + kernel_side(&run.summary),
+        GENERATED,
+        "{} replayed; {}",
+        replayed.len(),
+        run.summary
+    );
+    // What was printed is what replay prints, less the dropped events: a subsequence.
+    let mut rest = replayed.iter();
+    for p in &printed {
+        assert!(
+            rest.any(|r| r == p),
+            "printed {p} is not in the capture in this order"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
