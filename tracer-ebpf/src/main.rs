@@ -28,7 +28,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{EVENTS, LISTENERS, PROCS, SOCKS, count},
+    maps::{DEFERRED_OPENS, EVENTS, LISTENERS, PROCS, SOCKS, count},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
@@ -302,32 +302,42 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     if old == state::LISTEN && new == state::SYN_RECV && ev.dport == 0 {
         // The peer is not in the new socket yet (older kernels): emitted with the next one.
         // Without a map entry (map full) it goes out now, peer unknown, rather than never.
-        track_owner(ev, now);
+        track_owner(s, now);
         if let Some(e) = SOCKS.get_ptr_mut(sk) {
             unsafe { (*e).open_pending = 1 };
+            if let Some(seen) = DEFERRED_OPENS.get_ptr_mut(0) {
+                unsafe { *seen = 1 };
+            }
             return Ok(());
         }
         return emit(s);
     }
-    // A failed output is counted in `emit`; this transition must be handled regardless.
-    let _ = emit_pending_open(s, now);
-    track_owner(&mut s.ev, now);
+    if old == state::SYN_RECV && deferred_opens_seen() {
+        emit_pending_open(s, now);
+    }
+    track_owner(s, now);
     emit(s)
 }
 
-/// Emits a passive child's deferred `LISTEN -> SYN_RECV`, with the addresses of the transition
-/// now being handled (the peer is known by then), at its own time and owner.
 #[inline(always)]
-fn emit_pending_open(s: &mut Slot, now: u64) -> Result<(), i64> {
-    let ev = &mut s.ev;
-    let Some(e) = SOCKS.get_ptr_mut(ev.sk) else {
-        return Ok(());
+fn deferred_opens_seen() -> bool {
+    DEFERRED_OPENS.get(0).is_some_and(|&seen| seen != 0)
+}
+
+/// Emits a passive child's deferred `LISTEN -> SYN_RECV` from its map entry, with the addresses
+/// of the transition being handled (the peer is known by then), at its own time and owner. A
+/// failed output is counted in `emit`; the current transition goes on regardless.
+#[inline(always)]
+fn emit_pending_open(s: &mut Slot, now: u64) {
+    let Some(e) = SOCKS.get_ptr_mut(s.ev.sk) else {
+        return;
     };
     let e = unsafe { &mut *e };
-    if e.open_pending == 0 || ev.old_state != state::SYN_RECV {
-        return Ok(());
+    if e.open_pending == 0 {
+        return;
     }
     e.open_pending = 0;
+    let ev = &mut s.ev;
     let (old, new) = (ev.old_state, ev.new_state);
     ev.old_state = state::LISTEN;
     ev.new_state = state::SYN_RECV;
@@ -336,10 +346,10 @@ fn emit_pending_open(s: &mut Slot, now: u64) -> Result<(), i64> {
     ev.comm = e.comm;
     ev.owner_src = e.owner_src;
     ev.netns = e.netns;
-    let emitted = emit(s);
+    let _ = emit(s);
+    // `track_owner` sets the owner fields again.
     let ev = &mut s.ev;
     (ev.old_state, ev.new_state, ev.ts_ns) = (old, new, now);
-    emitted
 }
 
 /// A transition the classic program did not handle, read from the socket itself.
@@ -360,15 +370,18 @@ fn try_set_state_nested(sk: u64, old: u8, new: u8, s: &mut Slot) -> Result<(), i
     ev.new_state = new;
     // The owner-context transitions only ever run in the owner's process, also when the classic
     // program was skipped there (a preempted task holding the per-CPU guard in a map syscall).
-    track_owner(ev, now);
+    if old == state::SYN_RECV && deferred_opens_seen() {
+        emit_pending_open(s, now);
+    }
+    track_owner(s, now);
     emit(s)
 }
 
 /// Resolves the owner and the time spent in the old state, and keeps the socket and listener
 /// maps up to date. Runs for every transition, filtered or not, so the maps stay right.
 #[inline(always)]
-fn track_owner(ev: &mut RawEvent, now: u64) {
-    let (old, new, sk) = (ev.old_state, ev.new_state, ev.sk);
+fn track_owner(s: &mut Slot, now: u64) {
+    let (old, new, sk) = (s.ev.old_state, s.ev.new_state, s.ev.sk);
     // A transition out of CLOSE, or a listener's new child, starts a new connection at an
     // address that may have been used before: nothing recorded for it applies.
     let starts_connection = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
@@ -377,6 +390,7 @@ fn track_owner(ev: &mut RawEvent, now: u64) {
     } else {
         SOCKS.get_ptr_mut(sk)
     };
+    let ev = &mut s.ev;
 
     let (pid, comm, src) = if in_owner_context(old, new) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{Counter, ListenerOwner, ProcTraffic, SockInfo};
 
@@ -20,6 +20,12 @@ pub static PROCS: LruHashMap<u32, ProcTraffic> = LruHashMap::with_max_entries(16
 /// Local port -> owner of the listener there.
 #[map]
 pub static LISTENERS: HashMap<u16, ListenerOwner> = HashMap::with_max_entries(8192, 0);
+
+/// Entry 0 becomes 1 once this kernel has reported a passive child's `LISTEN -> SYN_RECV`
+/// without its peer (6.1 and older). Until then no transition looks for a deferred one, so newer
+/// kernels pay nothing for it.
+#[map]
+pub static DEFERRED_OPENS: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -51,6 +51,9 @@ impl Row {
     }
 
     fn degraded(&self) -> String {
+        if !self.report.probed() {
+            return format!("PROBE FAILED: {}", self.report.probe.join("<br>"));
+        }
         let d = self.report.degraded();
         if d.is_empty() {
             "none".into()
