@@ -26,6 +26,7 @@ fn a_full_ring_buffer_is_accounted_exactly() {
         CONNECTIONS,
         &["--send", "100", "--close", "normal"],
     );
+    wait_closed(port);
     tracer.signal(libc::SIGCONT);
     let run = tracer.stop();
     let printed = run.of_type("state").len() as u64;

@@ -67,6 +67,7 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
     let mut stdout = child.stdout.take().unwrap();
     let server = exchange_server("127.0.0.1", port, CONNECTIONS, &[]);
     exchange_clients(server, "127.0.0.1", port, CONNECTIONS, &[]);
+    wait_closed(port);
 
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -599,6 +599,30 @@ pub fn wait_until<T, E>(
     }
 }
 
+/// Waits until every socket on `port` has finished closing (nothing left but TIME_WAIT), so
+/// the last transitions of a workload (a LAST_ACK socket's `-> CLOSE` when the final ACK is
+/// processed) have happened before the tracer is stopped.
+pub fn wait_closed(port: u16) {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let out = Command::new("ss")
+                .args(["-Htan", "exclude", "time-wait", &filter])
+                .output()
+                .expect("ss");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+        |left| format!("sockets on port {port} never finished closing:\n{left}"),
+    );
+}
+
 impl Tracer {
     /// Whether the tracer said at start-up that `feature` is degraded on this kernel.
     pub fn degraded(&self, feature: &str) -> bool {
