@@ -252,6 +252,12 @@ impl Tracepoint {
     }
 }
 
+/// Whether a `tcp_send_reset` layout is the 6.10+ form (sockaddr endpoints). Only that form
+/// fires for resets sent without a socket (answers to segments for closed ports).
+pub fn send_reset_without_socket(l: &TpLayout) -> bool {
+    l.saddr.size == SOCKADDR
+}
+
 const INT: &[u16] = &[1, 2, 4];
 /// Size of a `sockaddr_in6`-sized endpoint field.
 const SOCKADDR: u16 = 28;

@@ -285,6 +285,16 @@ impl Live {
         self.detector = Some(d);
     }
 
+    /// One `degraded` line on stderr per detector input this kernel lacks (the CLI commands;
+    /// the agent logs them instead).
+    pub fn print_detection_gaps(&self) {
+        if let Some(d) = &self.detector {
+            for (kind, why) in &d.unavailable {
+                eprintln!("tracer: degraded: {}: {why}", kind.name());
+            }
+        }
+    }
+
     /// Runs the detectors once (call about every second): gathers what they need (TcpExt
     /// counters; request or timewait dumps only when asked for) and returns the anomalies
     /// raised or cleared, with the time and inputs of the round (what a capture stores).

@@ -37,6 +37,13 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// `--json` or not.
+    pub fn json_if(json: bool) -> Self {
+        if json { Self::Json } else { Self::Human }
+    }
+}
+
 /// JSON `type` of the anomaly signals (printed only when a consumer asks for them).
 pub fn signal_name(k: crate::event::SignalKind) -> &'static str {
     use crate::event::SignalKind;

@@ -184,7 +184,19 @@ impl Probes {
                     .map_err(|e| format!("unusable format: {e}")),
             };
             match layout {
-                Ok(l) => layouts.push((tp, l)),
+                Ok(l) => {
+                    if tp == Tracepoint::TcpSendReset && !format::send_reset_without_socket(&l) {
+                        degraded.push(Degraded {
+                            feature: "reset_storm detection of resets sent without a socket",
+                            reason:
+                                "tcp:tcp_send_reset fires only for resets from a socket before \
+                                     Linux 6.10; resets answering segments to closed ports (port \
+                                     scans, refused connects) are not seen"
+                                    .into(),
+                        });
+                    }
+                    layouts.push((tp, l));
+                }
                 Err(reason) if tp == Tracepoint::InetSockSetState => {
                     return Err(LoadError::RequiredTracepoint {
                         category: tp.category(),

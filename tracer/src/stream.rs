@@ -75,11 +75,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         ..ProbeOptions::default()
     };
     let session = Session::start(&opts, args.wakeup, args.duration, true)?;
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    let format = Format::json_if(args.json);
     let mut out = OutputQueue::stdout(format, Clock::new(), args.output_queue as usize)
         .map_err(StreamError::Output)?;
     eprintln!("{}; streaming (Ctrl-C to stop)", session.attached_line());

@@ -213,14 +213,23 @@ fn resets_and_failed_connects_to_a_closed_port() {
     });
     assert_eq!(reset["subject"]["addr"], "127.0.0.1");
     let ev = &reset["evidence"];
-    // Every refused connect is one RST sent (by the closed port) and one received.
-    assert_eq!(ev["sent"], 400, "{reset}");
+    // Every refused connect is one RST sent (by the closed port) and one received. Before 6.10
+    // the kernel does not trace a reset sent without a socket, and the tracer says so.
+    let sent = if t.degraded("reset_storm detection of resets sent without a socket") {
+        0
+    } else {
+        400
+    };
+    assert_eq!(ev["sent"], sent, "{reset}");
     assert_eq!(ev["received"], 400, "{reset}");
-    assert!(
+    // The closed port is a local port of the resets it sent.
+    assert_eq!(
         ev["top_local_ports"]
             .as_array()
             .unwrap()
-            .contains(&Value::from(closed))
+            .contains(&Value::from(closed)),
+        sent > 0,
+        "{reset}"
     );
     let fail = wait_for(
         &t,

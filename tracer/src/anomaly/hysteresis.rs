@@ -3,7 +3,7 @@
 //! `clear_ratio`) for `clear_after`. A measure hovering around the threshold therefore raises
 //! once and does not flap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How an active anomaly clears.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,11 +83,11 @@ impl<K: std::hash::Hash + Eq + Clone, T: Clone> Tracker<K, T> {
         observations: impl IntoIterator<Item = (K, Observation<T>)>,
     ) -> Vec<(K, Edge<T>)> {
         let mut edges = Vec::new();
-        let mut seen: Vec<K> = Vec::new();
+        let mut seen: HashSet<K> = HashSet::new();
         for (k, o) in observations {
             match self.active.get_mut(&k) {
                 Some(t) => {
-                    seen.push(k.clone());
+                    seen.insert(k.clone());
                     t.peak = t.peak.max(o.measure);
                     t.detail = o.detail;
                     if o.measure < t.threshold * gate.clear_ratio {
@@ -101,7 +101,7 @@ impl<K: std::hash::Hash + Eq + Clone, T: Clone> Tracker<K, T> {
                     }
                 }
                 None if o.measure >= o.threshold => {
-                    seen.push(k.clone());
+                    seen.insert(k.clone());
                     self.active.insert(
                         k.clone(),
                         Track {

@@ -46,16 +46,8 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
     };
     let mut live = Live::start(&opts).await?;
     live.enable_detection(cfg);
-    if let Some(d) = &live.detector {
-        for (kind, why) in &d.unavailable {
-            eprintln!("tracer: degraded: {}: {why}", kind.name());
-        }
-    }
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    live.print_detection_gaps();
+    let format = Format::json_if(args.json);
     let mut out = OutputQueue::stdout(format, Clock::new(), args.output_queue as usize)
         .map_err(StreamError::Output)?;
     eprintln!("tracer: detecting anomalies; streaming (Ctrl-C to stop)");

@@ -290,16 +290,8 @@ pub async fn run(args: &RecordArgs, detection: Option<Config>) -> Result<WriteSt
     if let Some(cfg) = detection {
         live.enable_detection(cfg);
     }
-    if let Some(d) = &live.detector {
-        for (kind, why) in &d.unavailable {
-            eprintln!("tracer: degraded: {}: {why}", kind.name());
-        }
-    }
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    live.print_detection_gaps();
+    let format = Format::json_if(args.json);
     let printer = if args.print {
         let q =
             OutputQueue::stdout(format, clock, args.output_queue as usize).map_err(|source| {

@@ -175,11 +175,7 @@ pub(super) fn records<W: Write>(
     detection: Option<Config>,
     out: &mut W,
 ) -> Result<WalkReport, WalkError> {
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    let format = Format::json_if(args.json);
     let print_anomalies = args.filter.wants(EventType::Anomaly);
     let shown = Shown {
         view: View::of(&args.filter),

@@ -24,7 +24,10 @@ use qemu::{Accel, Ended};
 use report::Row;
 
 /// The test binaries (tracer/tests/*.rs) run on every kernel: the core (transitions,
-/// retransmits, owners, close records, lost-event accounting), bad input, and aggregation.
+/// retransmits, owners, close records, lost-event accounting), bad input, aggregation, capture
+/// with anomalies, and the output queue. `anomaly` asks for a full-rate churn no emulated guest
+/// reaches, `capture`'s full-disk test needs that rate to fill its disk early, and `agent` and
+/// `top` need Prometheus and tmux: they run on the host only.
 const DEFAULT_TESTS: &[&str] = &[
     "transitions",
     "closes",
@@ -32,6 +35,8 @@ const DEFAULT_TESTS: &[&str] = &[
     "environment",
     "stats",
     "snapshot",
+    "capture_anomalies",
+    "output_queue",
 ];
 
 #[derive(Args)]
