@@ -6,15 +6,6 @@ mod common;
 
 use common::*;
 
-fn loss(summary: &str, cause: &str) -> u64 {
-    let key = format!("{cause}=");
-    summary
-        .split_whitespace()
-        .find_map(|w| w.trim_start_matches('(').strip_prefix(&key))
-        .and_then(|v| v.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no {cause} in {summary}"))
-}
-
 /// Whether `t` appears in `seq` in order (not necessarily contiguously).
 fn is_subsequence(t: &[String], seq: &[&str]) -> bool {
     let mut it = seq.iter();
@@ -84,9 +75,10 @@ fn full_rate_churn_is_accounted_exactly() {
         "decode_error",
         "output_queue_full",
     ] {
-        assert_eq!(loss(&stop, cause), 0, "{cause}: {stop}");
+        assert_eq!(summary_loss(&stop, cause), 0, "{cause}: {stop}");
     }
-    let reported_lost = loss(&stop, "recursion_miss") + loss(&stop, "kernel_undelivered");
+    let reported_lost =
+        summary_loss(&stop, "recursion_miss") + summary_loss(&stop, "kernel_undelivered");
 
     // Legal complete lives: the normal ones, and their endings when a peer resets.
     let client_reset = [

@@ -21,16 +21,6 @@ use serde_json::Value;
 /// drained while stdout is stalled.
 const CONNECTIONS: u64 = 1000;
 
-/// `cause=N` from the stop summary.
-fn summary_loss(summary: &str, cause: &str) -> u64 {
-    let key = format!("{cause}=");
-    summary
-        .split_whitespace()
-        .find_map(|w| w.trim_start_matches('(').strip_prefix(&key))
-        .and_then(|v| v.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no {cause} in {summary}"))
-}
-
 /// What a run with a stalled stdout printed, and its stop summary.
 struct Stalled {
     records: Vec<Value>,

@@ -599,6 +599,16 @@ pub fn wait_until<T, E>(
     }
 }
 
+/// `cause=N` from a tracer's stop summary line.
+pub fn summary_loss(summary: &str, cause: &str) -> u64 {
+    let key = format!("{cause}=");
+    summary
+        .split_whitespace()
+        .find_map(|w| w.trim_start_matches('(').strip_prefix(&key))
+        .and_then(|v| v.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no {cause} in {summary}"))
+}
+
 /// Waits until every socket on `port` has finished closing (nothing left but TIME_WAIT), so
 /// the last transitions of a workload (a LAST_ACK socket's `-> CLOSE` when the final ACK is
 /// processed) have happened before the tracer is stopped.
