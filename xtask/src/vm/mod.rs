@@ -141,13 +141,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
                 kernel: format!("Debian {k}"),
                 release: kernel.release.clone(),
                 package: Some(kernel.version.clone()),
-                accel: if accel == Accel::Auto {
-                    Accel::Kvm
-                } else {
-                    accel
-                }
-                .name()
-                .to_string(),
+                // `Auto` was settled above, to KVM or TCG.
+                accel: accel.name().to_string(),
                 seconds: started.elapsed().as_secs(),
                 ended,
                 report,
