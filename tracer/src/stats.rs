@@ -151,7 +151,8 @@ pub async fn run(args: &StatsArgs) -> Result<(), StatsError> {
     if let Some(addr) = args.agent {
         return run_remote(addr, args).await;
     }
-    let mut live = Live::start(&args.live.options(None)).await?;
+    let mut live =
+        Live::start(&args.live.options(None, crate::cli::live::AGGREGATING_RING)).await?;
     let mut out = io::stdout();
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
     let mut next = tokio::time::Instant::now() + args.interval;

@@ -40,9 +40,13 @@ pub fn enable() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Whether the kernel is collecting run-time statistics now (by sysctl or by anyone's
-/// `BPF_ENABLE_STATS` descriptor).
-pub fn enabled() -> Option<bool> {
+/// Whether the kernel is collecting run-time statistics now: `held` (we hold a descriptor
+/// from [`enable`]) or the sysctl is on. The sysctl shows only its own setting, never the
+/// descriptors, so another process's descriptor goes unseen.
+pub fn enabled(held: bool) -> Option<bool> {
+    if held {
+        return Some(true);
+    }
     let v = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok()?;
     Some(v.trim() != "0")
 }

@@ -105,6 +105,8 @@ pub struct Metrics {
     runs: Family<ProgramLabel, Counter>,
     recursion_misses: Family<ProgramLabel, Counter>,
     bpf_stats: Gauge,
+    /// The agent holds a `BPF_ENABLE_STATS` descriptor (`--bpf-stats`).
+    stats_held: bool,
     table_sockets: Gauge,
     table_capacity: Gauge,
     table_refused: Counter,
@@ -167,7 +169,7 @@ impl Metrics {
     }
 
     /// `top` bounds the per-command and per-listener label sets.
-    pub fn new(top: usize) -> Self {
+    pub fn new(top: usize, stats_held: bool) -> Self {
         let m = Self {
             registry: Registry::default(),
             top,
@@ -187,6 +189,7 @@ impl Metrics {
             runs: Family::default(),
             recursion_misses: Family::default(),
             bpf_stats: Gauge::default(),
+            stats_held,
             table_sockets: Gauge::default(),
             table_capacity: Gauge::default(),
             table_refused: Counter::default(),
@@ -430,8 +433,9 @@ impl Metrics {
                 s.recursion_misses,
             );
         }
-        self.bpf_stats
-            .set(i64::from(bpf_stats::enabled().unwrap_or(false)));
+        self.bpf_stats.set(i64::from(
+            bpf_stats::enabled(self.stats_held).unwrap_or(false),
+        ));
         if let Some(u) = self_usage::read() {
             advance_f64(&self.cpu, u.cpu_seconds);
             self.rss.set(gauge(u.rss_bytes));

@@ -51,12 +51,14 @@ pub async fn run(args: &AgentArgs, detection: crate::anomaly::Config) -> Result<
         })?;
     let addr = listener.local_addr().unwrap_or(args.metrics_addr);
     // Held for the agent's lifetime: the kernel turns the statistics off when it is closed.
-    let _stats_fd = if args.bpf_stats {
+    let stats_fd = if args.bpf_stats {
         Some(bpf_stats::enable().map_err(AgentError::BpfStats)?)
     } else {
         None
     };
-    let mut opts = args.live.options(args.duration);
+    let mut opts = args
+        .live
+        .options(args.duration, crate::cli::live::AGGREGATING_RING);
     opts.probes.signals = detection.enabled;
     opts.announce = false;
     let mut live = Live::start(&opts).await?;
@@ -67,7 +69,7 @@ pub async fn run(args: &AgentArgs, detection: crate::anomaly::Config) -> Result<
     }
     let mut flight = flight::AgentFlight::start(&args.flight, &mut live);
     let top = usize::try_from(args.top).unwrap_or(usize::MAX);
-    let mut metrics = Metrics::new(top);
+    let mut metrics = Metrics::new(top, stats_fd.is_some());
     metrics.observe_refresh(&live, None);
     let (tx, mut queries) = mpsc::channel::<Query>(64);
     let server = tokio::spawn(http::serve(listener, tx, live.cancel.clone(), top));

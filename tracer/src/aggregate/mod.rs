@@ -12,10 +12,11 @@ pub mod table;
 pub mod view;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
+use foldhash::{HashMap, HashMapExt};
 use tracer_common::state;
 
 use crate::{
@@ -89,7 +90,7 @@ pub struct Aggregator {
     /// Monotonic times of timewait sockets created since the last reconciliation began.
     tw_since: VecDeque<u64>,
     listeners: Vec<Listener>,
-    proc_bytes: HashMap<u32, ProcBytes>,
+    proc_bytes: StdHashMap<u32, ProcBytes>,
     /// Process names (the main thread's comm), which the per-thread comms of events are not.
     names: HashMap<u32, Comm>,
     inode_owners: HashMap<u64, (u32, Comm)>,
@@ -120,7 +121,7 @@ impl Aggregator {
             mini: MiniCounts::default(),
             tw_since: VecDeque::new(),
             listeners: Vec::new(),
-            proc_bytes: HashMap::new(),
+            proc_bytes: StdHashMap::new(),
             names: HashMap::new(),
             inode_owners: HashMap::new(),
             transitions: BTreeMap::new(),
@@ -208,7 +209,7 @@ impl Aggregator {
     /// Merges a start-up (or resynchronizing) dump of all sockets. Call it before applying the
     /// events queued meanwhile: a transition adopts the dumped entry with its tuple, so the
     /// order of the dump and the queued transitions does not matter.
-    pub fn seed(&mut self, socks: &[DiagSocket], owners: &HashMap<u64, (u32, String)>) {
+    pub fn seed(&mut self, socks: &[DiagSocket], owners: &StdHashMap<u64, (u32, String)>) {
         self.inode_owners = owners
             .iter()
             .map(|(&ino, (pid, comm))| (ino, (*pid, Comm::from(comm.as_str()))))
@@ -283,7 +284,7 @@ impl Aggregator {
         self.listeners = listeners;
     }
 
-    pub fn set_proc_bytes(&mut self, bytes: HashMap<u32, ProcBytes>) {
+    pub fn set_proc_bytes(&mut self, bytes: StdHashMap<u32, ProcBytes>) {
         self.proc_bytes = bytes;
         self.name_proc_bytes();
     }
@@ -328,7 +329,7 @@ impl Aggregator {
         v
     }
 
-    pub fn proc_bytes(&self) -> &HashMap<u32, ProcBytes> {
+    pub fn proc_bytes(&self) -> &StdHashMap<u32, ProcBytes> {
         &self.proc_bytes
     }
 

@@ -2,10 +2,11 @@
 //! per-state, per-process and per-peer tallies kept up to date on every insert and removal, so
 //! queries never scan the table.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
+
+// Keys are kernel addresses and peers' addresses: foldhash is several times cheaper per event
+// than SipHash and still seeded per process, so remote peers cannot aim at one bucket.
+use foldhash::HashMap;
 
 use tracer_common::state;
 

@@ -6,10 +6,11 @@
 //! of the request sockets for the half-open counts and the top sources.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use serde_json::json;
 
 use super::{

@@ -1,10 +1,9 @@
 //! Per-key tallies over a sliding window of one-second buckets: the rate detectors add to the
 //! current bucket on each event (one hash-map update) and read window sums once per tick.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
-};
+use std::{collections::VecDeque, hash::Hash};
+
+use foldhash::{HashMap, HashMapExt};
 
 /// Keys one bucket holds at most: beyond it events still count, under `overflow`, so a scan
 /// from millions of addresses cannot grow memory without bound.

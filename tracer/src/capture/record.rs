@@ -275,7 +275,9 @@ pub async fn run(args: &RecordArgs, detection: Option<Config>) -> Result<WriteSt
         },
         header,
     )?;
-    let mut opts = args.live.options(args.duration);
+    let mut opts = args
+        .live
+        .options(args.duration, crate::cli::live::RECORDING_RING);
     opts.probes.config.filter = args.filter.to_filter();
     // Close records count retransmissions too.
     opts.probes.retransmits =

@@ -12,8 +12,10 @@ use crate::{aggregate::view::ProcSort, live::LiveOptions, probes::ProbeOptions};
 #[derive(Debug, Clone, Args)]
 pub struct LiveArgs {
     /// Ring buffer size: a power of two of at least 4K, with an optional K/M/G suffix.
-    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// [default: 4M for stats, top and agent, which drain it in-process; 16M for record, whose
+    /// drain waits on the disk]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
     /// Capacity of the kernel's per-socket map (owners, bytes, retransmits).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
@@ -31,8 +33,17 @@ pub struct LiveArgs {
     pub wakeup_bytes: u32,
 }
 
+/// Ring buffer of the commands that aggregate in-process. The reader is woken every
+/// `--wakeup-bytes` (256K) and drains into memory, so 4M holds about 35 ms of the fastest
+/// loopback churn (~120 MB/s of records) even if the reader gets no CPU meanwhile, and costs
+/// 8 MiB of resident memory (the ring is mapped twice) instead of 32.
+pub const AGGREGATING_RING: u32 = 4 << 20;
+/// Ring buffer of `record`, whose drain also compresses and writes to disk.
+pub const RECORDING_RING: u32 = 16 << 20;
+
 impl LiveArgs {
-    pub fn options(&self, duration: Option<Duration>) -> LiveOptions {
+    /// `default_ring` applies when `--ring-size` is not given.
+    pub fn options(&self, duration: Option<Duration>, default_ring: u32) -> LiveOptions {
         LiveOptions {
             probes: ProbeOptions {
                 config: Config {
@@ -43,7 +54,7 @@ impl LiveArgs {
                     wakeup_bytes: self.wakeup_bytes,
                     ..Config::DEFAULT
                 },
-                ring_bytes: self.ring_size,
+                ring_bytes: self.ring_size.unwrap_or(default_ring),
                 max_sockets: self.max_sockets,
                 max_processes: self.max_processes,
                 ..ProbeOptions::default()

@@ -349,6 +349,42 @@ mod tests {
     }
 
     #[test]
+    fn aggregating_commands_default_to_a_smaller_ring() {
+        let Ok(Cli {
+            command: Some(Command::Agent(a)),
+            ..
+        }) = parse(&["agent"])
+        else {
+            panic!("expected agent");
+        };
+        assert_eq!(
+            a.live
+                .options(None, live::AGGREGATING_RING)
+                .probes
+                .ring_bytes,
+            4 << 20
+        );
+        assert_eq!(
+            a.live.options(None, live::RECORDING_RING).probes.ring_bytes,
+            16 << 20
+        );
+        let Ok(Cli {
+            command: Some(Command::Agent(a)),
+            ..
+        }) = parse(&["agent", "--ring-size", "1M"])
+        else {
+            panic!("expected agent");
+        };
+        assert_eq!(
+            a.live
+                .options(None, live::AGGREGATING_RING)
+                .probes
+                .ring_bytes,
+            1 << 20
+        );
+    }
+
+    #[test]
     fn filters_translate_to_the_kernel_filter() {
         let f = stream(&[
             "--pid",

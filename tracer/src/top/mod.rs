@@ -47,7 +47,8 @@ pub async fn run(args: &TopArgs) -> Result<(), TopError> {
         return Err(TopError::NotATerminal);
     }
     // Attach before taking over the screen, so start-up messages and errors stay readable.
-    let mut live = Live::start(&args.live.options(None)).await?;
+    let mut live =
+        Live::start(&args.live.options(None, crate::cli::live::AGGREGATING_RING)).await?;
     let shown = match DashboardTerminal::enter().map_err(TopError::Terminal) {
         Ok(mut term) => drive(&mut live, &mut term, args).await,
         Err(e) => Err(e),

@@ -51,6 +51,10 @@ pub enum Config {
     StreamJsonFile,
     Tcpstates,
     Tcplife,
+    /// One client thread: a connect/close loop that leaves the second core some room, as a
+    /// production host's own work does.
+    BaselineOneLoop,
+    AgentOneLoop,
 }
 
 impl Config {
@@ -58,6 +62,8 @@ impl Config {
         match self {
             Self::Baseline => "untraced (baseline)",
             Self::Agent => "tracer agent (defaults)",
+            Self::BaselineOneLoop => "one loop: untraced (its baseline)",
+            Self::AgentOneLoop => "one loop: tracer agent (defaults)",
             Self::Record => "tracer record -o file (zstd, defaults)",
             Self::StreamJsonNull => "tracer stream --json > /dev/null (batched wakeup, default)",
             Self::StreamJsonNullAdaptive => "tracer stream --json --wakeup adaptive > /dev/null",
@@ -71,6 +77,8 @@ impl Config {
         match self {
             Self::Baseline => "baseline",
             Self::Agent => "agent",
+            Self::BaselineOneLoop => "baseline_one_loop",
+            Self::AgentOneLoop => "agent_one_loop",
             Self::Record => "record",
             Self::StreamJsonNull => "stream_json_null",
             Self::StreamJsonNullAdaptive => "stream_json_null_adaptive",
@@ -81,12 +89,38 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Client threads of the churn: 2 saturate both cores; 1 is one connect/close loop.
+    pub fn threads(self) -> u32 {
+        match self {
+            Self::BaselineOneLoop | Self::AgentOneLoop => 1,
+            _ => 2,
+        }
+    }
+
+    /// The untraced run of the same workload.
+    pub fn baseline(self) -> Self {
+        if self.threads() == 1 {
+            Self::BaselineOneLoop
+        } else {
+            Self::Baseline
+        }
+    }
+
+    pub fn is_baseline(self) -> bool {
+        self == self.baseline()
+    }
+}
+
 /// What one measurement produced.
 #[derive(Debug, Default, Clone)]
 pub struct Sample {
+    /// Connections per second with run-time statistics off, as deployed.
     pub rate: f64,
     /// `rate` over the baseline's in the same round.
     pub ratio: Option<f64>,
+    /// Connections per second of the second run, with `kernel.bpf_stats_enabled=1`.
+    pub rate_with_stats: Option<f64>,
     pub connections: f64,
     /// Kernel ns per run of the program handling state changes.
     pub ns_per_event: Option<f64>,
@@ -106,7 +140,7 @@ pub fn bin(name: &str) -> String {
         .into_owned()
 }
 
-fn churn(secs: u64, port: u16) -> Result<Value> {
+fn churn(threads: u32, secs: u64, port: u16) -> Result<Value> {
     let out = cmd::output(
         &bin("tracer-loadgen"),
         &[
@@ -116,7 +150,7 @@ fn churn(secs: u64, port: u16) -> Result<Value> {
             "--port",
             &port.to_string(),
             "--threads",
-            "2",
+            &threads.to_string(),
             "--duration-secs",
             &secs.to_string(),
             "--dst-spread",
@@ -127,15 +161,18 @@ fn churn(secs: u64, port: u16) -> Result<Value> {
     serde_json::from_str(out.lines().last().unwrap_or_default()).context("churn output")
 }
 
-fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sample> {
+/// One run of `config` under the churn. With `stats`, the kernel's run-time statistics are on
+/// and the costs are read; without, only the rate counts (the statistics themselves slow every
+/// program down, the peers' as much as ours).
+fn measure(config: Config, secs: u64, port: u16, scratch: &Path, stats: bool) -> Result<Sample> {
     let p = port.to_string();
     let tracer = bin("tracer");
     let file = scratch.join("stream.jsonl");
     let traced = match config {
-        Config::Baseline => None,
+        Config::Baseline | Config::BaselineOneLoop => None,
         // Metrics port below the churn's ports and the ephemeral range (32768..), so no
         // connection holds it; the agent traces everything, as deployed.
-        Config::Agent => Some(Traced::agent(
+        Config::Agent | Config::AgentOneLoop => Some(Traced::agent(
             &tracer,
             ([127, 0, 0, 1], port - 1_000).into(),
         )?),
@@ -158,8 +195,9 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path) -> Result<Sampl
         Config::Tcpstates => Some(Traced::peer("tcpstates", &[])?),
         Config::Tcplife => Some(Traced::peer("tcplife", &[])?),
     };
+    let _stats = stats.then(procs::BpfStats::enable).transpose()?;
     let sampler = traced.as_ref().map(Sampler::start).transpose()?;
-    let result = churn(secs, port)?;
+    let result = churn(config.threads(), secs, port)?;
     let mut sample = Sample {
         rate: result["rate"].as_f64().unwrap_or(0.0),
         connections: result["connections"].as_f64().unwrap_or(0.0),
@@ -189,7 +227,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     setup::check()?;
     cmd::cargo(&["build", "--release"])?;
     let started = Instant::now();
-    let _stats = procs::BpfStats::enable()?;
     let scratch = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
@@ -212,10 +249,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.no_peers {
         configs.extend([Config::Tcpstates, Config::Tcplife]);
     }
+    configs.extend([Config::BaselineOneLoop, Config::AgentOneLoop]);
     let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
     let mut port = 31_000u16;
     for round in 0..args.rounds {
-        let mut baseline = None;
+        let mut baselines = BTreeMap::new();
         for &config in &configs {
             port += 1;
             eprintln!(
@@ -224,11 +262,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 args.rounds,
                 config.name()
             );
-            let mut s = measure(config, args.secs, port, &scratch)
+            let mut s = measure(config, args.secs, port, &scratch, false)
                 .with_context(|| format!("measuring {}", config.name()))?;
-            if config == Config::Baseline {
-                baseline = Some(s.rate);
+            if config.is_baseline() {
+                baselines.insert(config, s.rate);
+            } else {
+                // The costs come from a second run with the statistics on.
+                std::thread::sleep(Duration::from_millis(500));
+                port += 1;
+                let rate = s.rate;
+                s = measure(config, args.secs, port, &scratch, true)
+                    .with_context(|| format!("measuring {} (costs)", config.name()))?;
+                s.rate_with_stats = Some(s.rate);
+                s.rate = rate;
             }
+            let baseline = baselines.get(&config.baseline()).copied();
             s.ratio = baseline.filter(|&b| b > 0.0).map(|b| s.rate / b);
             eprintln!(
                 "  {:.0} conn/s, kernel {:?} ns/event, lost {:?}",
