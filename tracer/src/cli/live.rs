@@ -34,8 +34,8 @@ pub struct LiveArgs {
 }
 
 /// Ring buffer of the commands that aggregate in-process. The reader is woken every
-/// `--wakeup-bytes` (256K) and drains into memory, so 4M holds about 35 ms of the fastest
-/// loopback churn (~120 MB/s of records) even if the reader gets no CPU meanwhile, and costs
+/// `--wakeup-bytes` (256K) and drains into memory, so 4M holds about 50 ms of full loopback
+/// churn (~600k records/s, ~80 MB/s) even if the reader gets no CPU meanwhile, and costs
 /// 8 MiB of resident memory (the ring is mapped twice) instead of 32.
 pub const AGGREGATING_RING: u32 = 4 << 20;
 /// Ring buffer of `record`, whose drain also compresses and writes to disk.

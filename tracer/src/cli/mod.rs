@@ -348,38 +348,23 @@ mod tests {
         assert_eq!(a.ring_size, 16 << 20);
     }
 
+    /// The ring size `tracer agent ARGS` asks for when its command's default is `default`.
+    fn agent_ring(args: &[&str], default: u32) -> u32 {
+        match parse(&[&["agent"], args].concat()).unwrap() {
+            Cli {
+                command: Some(Command::Agent(a)),
+                ..
+            } => a.live.options(None, default).probes.ring_bytes,
+            other => panic!("expected agent, got {other:?}"),
+        }
+    }
+
     #[test]
     fn aggregating_commands_default_to_a_smaller_ring() {
-        let Ok(Cli {
-            command: Some(Command::Agent(a)),
-            ..
-        }) = parse(&["agent"])
-        else {
-            panic!("expected agent");
-        };
+        assert_eq!(agent_ring(&[], live::AGGREGATING_RING), 4 << 20);
+        assert_eq!(agent_ring(&[], live::RECORDING_RING), 16 << 20);
         assert_eq!(
-            a.live
-                .options(None, live::AGGREGATING_RING)
-                .probes
-                .ring_bytes,
-            4 << 20
-        );
-        assert_eq!(
-            a.live.options(None, live::RECORDING_RING).probes.ring_bytes,
-            16 << 20
-        );
-        let Ok(Cli {
-            command: Some(Command::Agent(a)),
-            ..
-        }) = parse(&["agent", "--ring-size", "1M"])
-        else {
-            panic!("expected agent");
-        };
-        assert_eq!(
-            a.live
-                .options(None, live::AGGREGATING_RING)
-                .probes
-                .ring_bytes,
+            agent_ring(&["--ring-size", "1M"], live::AGGREGATING_RING),
             1 << 20
         );
     }
