@@ -87,9 +87,7 @@ impl Config {
             Self::Tcplife => "tcplife",
         }
     }
-}
 
-impl Config {
     /// Client threads of the churn: 2 saturate both cores; 1 is one connect/close loop.
     pub fn threads(self) -> u32 {
         match self {
