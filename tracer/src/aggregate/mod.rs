@@ -161,6 +161,15 @@ impl Aggregator {
         let key = Key::Sk(ev.sk);
         let tuple = tuple_of(ev);
         let starts = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
+        // Most transitions only move a known socket to its next state.
+        if !starts && new != state::CLOSE {
+            let owner = ev.owner.as_ref().map(|o| (o.pid, o.comm));
+            if self.table.restate(&key, &tuple, owner, new, ev.ts_ns) {
+                // As below: a dumped copy of this socket, if one is left, is this socket.
+                self.table.adopt_seed(&tuple);
+                return;
+            }
+        }
         let mut existing = self.table.remove(&key);
         if starts && existing.take().is_some() {
             self.stale_entries += 1;

@@ -176,6 +176,49 @@ impl Table {
         true
     }
 
+    /// Moves a tracked socket to state `st` in place, when that is all that changes: same tuple
+    /// and owner (`owner`, if the event names one), and neither state LISTEN. Only the per-state
+    /// and CLOSE_WAIT tallies move, where `put` would take the entry out of every tally and put
+    /// it back. Returns false, changing nothing, when that does not apply.
+    pub fn restate(
+        &mut self,
+        key: &Key,
+        tuple: &Tuple,
+        owner: Option<(u32, Comm)>,
+        st: u8,
+        ts_ns: u64,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if c.tuple != *tuple
+            || owner.is_some_and(|(pid, comm)| pid != c.pid || comm != c.comm)
+            || c.state == state::LISTEN
+            || st == state::LISTEN
+        {
+            return false;
+        }
+        let old = std::mem::replace(&mut c.state, st);
+        c.state_since_ns = ts_ns;
+        let pid = c.pid;
+        if let Some(v) = self.by_state.get_mut(usize::from(old)) {
+            *v = v.saturating_sub(1);
+        }
+        if let Some(v) = self.by_state.get_mut(usize::from(st)) {
+            *v += 1;
+        }
+        if (old == state::CLOSE_WAIT) != (st == state::CLOSE_WAIT)
+            && let Some(p) = self.procs.get_mut(&pid)
+        {
+            if st == state::CLOSE_WAIT {
+                p.close_wait += 1;
+            } else {
+                p.close_wait = p.close_wait.saturating_sub(1);
+            }
+        }
+        true
+    }
+
     pub fn remove(&mut self, key: &Key) -> Option<Conn> {
         let old = self.conns.remove(key)?;
         self.tally(&old, false);
@@ -278,6 +321,54 @@ mod tests {
         assert!(!t.procs().contains_key(&7));
         assert!(t.peers().is_empty());
         assert_eq!(t.count(state::LISTEN), 1);
+    }
+
+    #[test]
+    fn restate_moves_the_same_tallies_as_a_replacement() {
+        let mut fast = Table::with_capacity(10);
+        let mut full = Table::with_capacity(10);
+        for t in [&mut fast, &mut full] {
+            t.put(Key::Sk(1), conn(state::ESTABLISHED, 7, "10.0.0.2:5000"));
+            t.put(Key::Sk(2), conn(state::ESTABLISHED, 7, "10.0.0.2:5001"));
+        }
+        let c = conn(state::CLOSE_WAIT, 7, "10.0.0.2:5000");
+        let owner = Some((7, c.comm));
+        assert!(fast.restate(&Key::Sk(1), &c.tuple, owner, state::CLOSE_WAIT, 5));
+        full.put(
+            Key::Sk(1),
+            Conn {
+                state_since_ns: 5,
+                ..c.clone()
+            },
+        );
+        for t in [&fast, &full] {
+            assert_eq!(t.count(state::ESTABLISHED), 1);
+            assert_eq!(t.count(state::CLOSE_WAIT), 1);
+            assert_eq!(t.procs()[&7].close_wait, 1);
+            assert_eq!(t.procs()[&7].connections, 2);
+            assert_eq!(t.peers()[&"10.0.0.2".parse::<IpAddr>().unwrap()], 2);
+        }
+        assert_eq!(fast.get(&Key::Sk(1)), full.get(&Key::Sk(1)));
+        assert!(fast.restate(&Key::Sk(1), &c.tuple, None, state::LAST_ACK, 6));
+        assert_eq!(fast.procs()[&7].close_wait, 0);
+        assert_eq!(
+            fast.get(&Key::Sk(1)).map(|c| c.state),
+            Some(state::LAST_ACK)
+        );
+
+        // Anything beyond the state is left to `put`.
+        let before = (fast.count(state::LAST_ACK), fast.count(state::CLOSING));
+        assert!(!fast.restate(&Key::Sk(1), &c.tuple, Some((8, c.comm)), state::CLOSING, 7));
+        let other = conn(state::CLOSING, 7, "10.0.0.3:5000");
+        assert!(!fast.restate(&Key::Sk(1), &other.tuple, None, state::CLOSING, 7));
+        assert!(!fast.restate(&Key::Sk(9), &c.tuple, None, state::CLOSING, 7));
+        assert_eq!(
+            (fast.count(state::LAST_ACK), fast.count(state::CLOSING)),
+            before
+        );
+        fast.put(Key::Sk(3), conn(state::LISTEN, 7, "0.0.0.0:0"));
+        let l = conn(state::LISTEN, 7, "0.0.0.0:0");
+        assert!(!fast.restate(&Key::Sk(3), &l.tuple, None, state::SYN_RECV, 7));
     }
 
     #[test]
