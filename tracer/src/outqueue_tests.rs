@@ -79,6 +79,14 @@ fn lines(out: &Mutex<Vec<u8>>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Local ports of the state events printed, in order (the tests number events by port).
+fn state_ports(got: &[serde_json::Value]) -> Vec<u64> {
+    got.iter()
+        .filter(|v| v["type"] == "state")
+        .map(|v| v["sport"].as_u64().unwrap())
+        .collect()
+}
+
 #[test]
 fn full_queue_drops_the_exact_excess_and_reports_it() {
     let (mut q, open, out) = gated(8);
@@ -93,11 +101,7 @@ fn full_queue_drops_the_exact_excess_and_reports_it() {
     q.finish().unwrap();
     assert_eq!(losses.total(LossCause::OutputQueueFull), 12);
     let got = lines(&out);
-    let ports: Vec<u64> = got
-        .iter()
-        .filter(|v| v["type"] == "state")
-        .map(|v| v["sport"].as_u64().unwrap())
-        .collect();
+    let ports = state_ports(&got);
     assert_eq!(ports, (1..=8).collect::<Vec<_>>());
     let lost = got.last().unwrap();
     assert_eq!(
@@ -159,11 +163,7 @@ fn every_event_is_printed_in_order_or_counted() {
     q.report_losses(&mut losses).unwrap();
     q.finish().unwrap();
     let got = lines(&out);
-    let ports: Vec<u64> = got
-        .iter()
-        .filter(|v| v["type"] == "state")
-        .map(|v| v["sport"].as_u64().unwrap())
-        .collect();
+    let ports = state_ports(&got);
     assert!(ports.windows(2).all(|w| w[0] < w[1]), "out of order");
     let reported: u64 = got
         .iter()

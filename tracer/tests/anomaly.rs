@@ -52,17 +52,7 @@ fn close_wait_leak_names_the_process_and_clears_when_it_closes() {
         return;
     }
     let ns = Netns::new("cwleak");
-    let t = detector(
-        &ns,
-        &[
-            "--anomaly",
-            "close_wait_leak.min_sockets=6",
-            "--anomaly",
-            "close_wait_leak.min_age_secs=2",
-            "--anomaly",
-            "clear_after_secs=2",
-        ],
-    );
+    let t = detector(&ns, &FAST_CLOSE_WAIT_LEAK);
     // `states` holds 8 CLOSE_WAIT sockets (the peer closed, it never does) until released.
     let mut holder = Proc::spawn(
         &ns.exec(),

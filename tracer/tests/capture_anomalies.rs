@@ -15,15 +15,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-const OVERRIDES: [&str; 6] = [
-    "--anomaly",
-    "close_wait_leak.min_sockets=6",
-    "--anomaly",
-    "close_wait_leak.min_age_secs=2",
-    "--anomaly",
-    "clear_after_secs=2",
-];
-
 fn workdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tracer-capanom-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -99,7 +90,7 @@ fn recorded_anomalies_replay_exactly_and_are_detected_again_offline() {
     let file = dir.join("cap.trc");
     let f = file.to_str().unwrap();
     let mut args = vec!["record", "-o", f, "--anomalies", "--print", "--json"];
-    args.extend_from_slice(&OVERRIDES);
+    args.extend_from_slice(&FAST_CLOSE_WAIT_LEAK);
     let rec = Tracer::start_in(&ns.exec(), &args, "recording to");
     leak_and_fix(&ns, &rec);
     let recorded = rec.stop();
@@ -129,7 +120,7 @@ fn recorded_anomalies_replay_exactly_and_are_detected_again_offline() {
     // Detected anew from the capture (its ticks, inputs and records): the same anomalies, and
     // the recorded lines are not printed as well.
     let mut args = vec!["replay", f, "--json", "--type", "anomaly", "--anomalies"];
-    args.extend_from_slice(&OVERRIDES);
+    args.extend_from_slice(&FAST_CLOSE_WAIT_LEAK);
     let again = tracer(&args);
     assert!(again.status.success(), "{}", text(&again.stderr));
     let again = text(&again.stdout);
@@ -157,7 +148,7 @@ fn the_flight_recorder_dump_holds_the_anomaly_that_triggered_it() {
     cmd.args(["netns", "exec", &ns.name, TRACER])
         .args(["agent", "--metrics-addr", &addr, "--flight-dir"])
         .arg(&dir)
-        .args(OVERRIDES)
+        .args(FAST_CLOSE_WAIT_LEAK)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -195,7 +186,7 @@ fn the_flight_recorder_dump_holds_the_anomaly_that_triggered_it() {
     assert!(recorded[0].contains(r#""status":"raised""#), "{stdout}");
     // The dump's ticks re-detect it.
     let mut args = vec!["replay", d, "--json", "--type", "anomaly", "--anomalies"];
-    args.extend_from_slice(&OVERRIDES);
+    args.extend_from_slice(&FAST_CLOSE_WAIT_LEAK);
     let again = tracer(&args);
     let again = text(&again.stdout);
     assert_eq!(

@@ -491,6 +491,17 @@ pub const PASSIVE_CLOSE_SERVER: [&str; 5] = [
     "LAST_ACK->CLOSE",
 ];
 
+/// Detector settings under which the tests' leaks (8 CLOSE_WAIT sockets held by one process)
+/// raise `close_wait_leak` within seconds, and clear 2 s after the sockets close.
+pub const FAST_CLOSE_WAIT_LEAK: [&str; 6] = [
+    "--anomaly",
+    "close_wait_leak.min_sockets=6",
+    "--anomaly",
+    "close_wait_leak.min_age_secs=2",
+    "--anomaly",
+    "clear_after_secs=2",
+];
+
 // ---- Network namespaces ----
 
 /// A network namespace for the duration of a test.
