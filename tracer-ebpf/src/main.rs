@@ -312,9 +312,7 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         }
         return emit(s);
     }
-    if old == state::SYN_RECV && deferred_opens_seen() {
-        emit_pending_open(s, now);
-    }
+    emit_pending_open(s, now);
     track_owner(s, now);
     emit(s)
 }
@@ -324,11 +322,15 @@ fn deferred_opens_seen() -> bool {
     DEFERRED_OPENS.get(0).is_some_and(|&seen| seen != 0)
 }
 
-/// Emits a passive child's deferred `LISTEN -> SYN_RECV` from its map entry, with the addresses
-/// of the transition being handled (the peer is known by then), at its own time and owner. A
-/// failed output is counted in `emit`; the current transition goes on regardless.
+/// Before a transition out of SYN_RECV, emits the socket's deferred `LISTEN -> SYN_RECV` from
+/// its map entry, with the addresses of the transition being handled (the peer is known by
+/// then), at its own time and owner. Looks only once this kernel has deferred one. A failed
+/// output is counted in `emit`; the current transition goes on regardless.
 #[inline(always)]
 fn emit_pending_open(s: &mut Slot, now: u64) {
+    if s.ev.old_state != state::SYN_RECV || !deferred_opens_seen() {
+        return;
+    }
     let Some(e) = SOCKS.get_ptr_mut(s.ev.sk) else {
         return;
     };
@@ -370,9 +372,7 @@ fn try_set_state_nested(sk: u64, old: u8, new: u8, s: &mut Slot) -> Result<(), i
     ev.new_state = new;
     // The owner-context transitions only ever run in the owner's process, also when the classic
     // program was skipped there (a preempted task holding the per-CPU guard in a map syscall).
-    if old == state::SYN_RECV && deferred_opens_seen() {
-        emit_pending_open(s, now);
-    }
+    emit_pending_open(s, now);
     track_owner(s, now);
     emit(s)
 }
