@@ -776,6 +776,12 @@ fn add_bytes(sent: &mut u64, received: &mut u64, dir: Direction, n: u64) {
 /// output path; the reader also drains on a timer, so nothing waits long.
 const WAKEUP_CHECK_EVERY: u64 = 64;
 
+/// The least time between two wakeups one CPU forces. A forced wakeup raises a self-interrupt
+/// (an `irq_work`), which costs microseconds in a VM; while the reader drains, more records
+/// keep the pending bytes above the threshold, and without this gap every 64th of them would
+/// raise another one.
+const WAKEUP_GAP_NS: u64 = 2_000_000;
+
 /// Applies the filter and writes the event to the ring buffer, counting every failure.
 #[inline(always)]
 fn emit(slot: &mut Slot) -> Result<(), i64> {
@@ -789,8 +795,10 @@ fn emit(slot: &mut Slot) -> Result<(), i64> {
     let flags: u32 = if load(&CONFIG.wakeup_mode) == WakeupMode::Batched as u32 {
         slot.emitted = slot.emitted.wrapping_add(1);
         if slot.emitted.is_multiple_of(WAKEUP_CHECK_EVERY)
+            && ev.ts_ns.wrapping_sub(slot.woke_ns) >= WAKEUP_GAP_NS
             && EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
         {
+            slot.woke_ns = ev.ts_ns;
             BPF_RB_FORCE_WAKEUP
         } else {
             BPF_RB_NO_WAKEUP

@@ -21,6 +21,8 @@ pub struct Slot {
     next_seq: u64,
     /// Records emitted from this slot: paces the (costly) pending-bytes check.
     pub emitted: u64,
+    /// When this slot last forced a wakeup (ns): paces the (costly) self-interrupt it raises.
+    pub woke_ns: u64,
     pub rec: Record,
     /// The event being built: too large for the 512-byte BPF stack beside everything else.
     pub ev: RawEvent,

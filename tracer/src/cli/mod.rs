@@ -66,7 +66,7 @@ pub enum Wakeup {
     /// Wake the reader whenever it has caught up (the ring buffer's own policy).
     Adaptive,
     /// Never wake the reader for one record: wake it when --wakeup-bytes are pending (checked
-    /// every 64 records per CPU) and drain every 50 ms.
+    /// every 64 records per CPU, forced at most every 2 ms per CPU) and drain every 50 ms.
     Batched,
 }
 
