@@ -20,6 +20,16 @@ const DROPPING: [&str; 4] = [
     "kernel_undelivered",
 ];
 
+/// Events a tracer lost: all dropping causes, and of them the hits on which the kernel ran no
+/// BPF program at all (none of ours, none of any other tracer's).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Lost {
+    pub total: f64,
+    pub undelivered: f64,
+}
+
+pub const UNDELIVERED: &str = "kernel_undelivered";
+
 /// `GET path`; returns the status code and body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
@@ -57,13 +67,22 @@ pub fn wait_healthy(addr: SocketAddr, limit: Duration) -> Result<()> {
 }
 
 /// Events the agent lost, from its Prometheus text.
-pub fn lost_from_metrics(text: &str) -> f64 {
-    text.lines()
+pub fn lost_from_metrics(text: &str) -> Lost {
+    let causes: Vec<(&str, f64)> = text
+        .lines()
         .filter_map(|l| l.strip_prefix("tracer_lost_events_total{cause=\""))
         .filter_map(|rest| rest.split_once("\"}"))
         .filter(|(cause, _)| DROPPING.contains(cause))
-        .filter_map(|(_, n)| n.trim().parse::<f64>().ok())
-        .sum()
+        .filter_map(|(cause, n)| Some((cause, n.trim().parse::<f64>().ok()?)))
+        .collect();
+    Lost {
+        total: causes.iter().map(|(_, n)| n).sum(),
+        undelivered: causes
+            .iter()
+            .filter(|(cause, _)| *cause == UNDELIVERED)
+            .map(|(_, n)| n)
+            .sum(),
+    }
 }
 
 #[cfg(test)]
@@ -77,7 +96,8 @@ mod tests {
                     tracer_lost_events_total{cause=\"ringbuf_full\"} 3\n\
                     tracer_lost_events_total{cause=\"kernel_undelivered\"} 2\n\
                     tracer_events_total 100\n";
-        assert_eq!(lost_from_metrics(text), 5.0);
-        assert_eq!(lost_from_metrics(""), 0.0);
+        let lost = lost_from_metrics(text);
+        assert_eq!((lost.total, lost.undelivered), (5.0, 2.0));
+        assert_eq!(lost_from_metrics(""), Lost::default());
     }
 }

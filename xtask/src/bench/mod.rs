@@ -124,6 +124,8 @@ pub struct Sample {
     pub ns_per_event: Option<f64>,
     pub events: Option<f64>,
     pub lost: Option<f64>,
+    /// Of `lost`, the hits on which the kernel ran no BPF program at all.
+    pub undelivered: Option<f64>,
     pub cpu_s_per_mevent: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     /// `tracer record`: capture bytes on disk per kernel event.
@@ -206,7 +208,8 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path, stats: bool) ->
         let lost = traced.stop()?;
         sample.ns_per_event = usage.ns_per_event;
         sample.events = Some(usage.events);
-        sample.lost = Some(lost);
+        sample.lost = Some(lost.total);
+        sample.undelivered = Some(lost.undelivered);
         sample.peak_rss_mib = Some(usage.peak_rss_kib / 1024.0);
         if usage.events > 0.0 {
             sample.cpu_s_per_mevent = Some(usage.cpu_s / usage.events * 1e6);

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::http::Lost;
+
 /// Turns `kernel.bpf_stats_enabled` on for the run and restores it afterwards.
 pub struct BpfStats {
     previous: String,
@@ -176,8 +178,8 @@ impl Traced {
     }
 
     /// Stops it (SIGINT) and returns the events it says it lost.
-    pub fn stop(mut self) -> Result<f64> {
-        let mut lost = 0.0;
+    pub fn stop(mut self) -> Result<Lost> {
+        let mut lost = Lost::default();
         if let Kind::Agent(addr) = self.kind {
             // Let one refresh read the kernel's counters for the last events, then scrape.
             std::thread::sleep(AGENT_REFRESH + Duration::from_millis(300));
@@ -199,21 +201,40 @@ impl Traced {
             std::thread::sleep(Duration::from_millis(50));
         }
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(300)) {
-            lost += match self.kind {
-                Kind::Stream => ours_lost(&line),
-                Kind::Agent(_) => 0.0,
-                Kind::Peer => peer_lost(&line),
-            };
+            match self.kind {
+                Kind::Stream => {
+                    let l = ours_lost(&line);
+                    lost.total += l.total;
+                    lost.undelivered += l.undelivered;
+                }
+                Kind::Agent(_) => {}
+                Kind::Peer => lost.total += peer_lost(&line),
+            }
         }
         Ok(lost)
     }
 }
 
-/// `tracer: N events (...); lost L (...)`.
-fn ours_lost(line: &str) -> f64 {
-    line.split_once("; lost ")
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+/// `tracer: N events (...); lost L (cause=N ...)`.
+fn ours_lost(line: &str) -> Lost {
+    let Some((_, rest)) = line.split_once("; lost ") else {
+        return Lost::default();
+    };
+    let cause = |name: &str| {
+        rest.split([' ', '(', ')'])
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Lost {
+        total: rest
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0),
+        undelivered: cause(super::http::UNDELIVERED),
+    }
 }
 
 /// libbpf-tools: `lost N events on CPU #C`.
@@ -312,10 +333,16 @@ mod tests {
     #[test]
     fn parses_loss_reports() {
         assert_eq!(
-            ours_lost("tracer: 10 events (state 10, retransmit 0); lost 3 (ringbuf_full=3 ...)"),
-            3.0
+            ours_lost(
+                "tracer: 10 events (state 10, retransmit 0); lost 3 (ringbuf_full=1 \
+                 kernel_undelivered=2 output_queue_full=0)"
+            ),
+            Lost {
+                total: 3.0,
+                undelivered: 2.0
+            }
         );
-        assert_eq!(ours_lost("tracer: attached x"), 0.0);
+        assert_eq!(ours_lost("tracer: attached x"), Lost::default());
         assert_eq!(peer_lost("lost 459 events on CPU #1"), 459.0);
         assert_eq!(peer_lost("something else"), 0.0);
     }
