@@ -284,6 +284,27 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
+/// CPU seconds every CPU of the machine has spent busy (user, system, interrupts), from
+/// /proc/stat. Steal time is left out: the vCPU was not running then.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    machine_busy_from(&stat).context("no cpu line in /proc/stat")
+}
+
+fn machine_busy_from(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(busy / hz)
+}
+
 fn peak_rss_kib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -329,6 +350,15 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_busy_counts_user_system_and_interrupts() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "cpu  100 1 50 9000 7 3 20 400 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(machine_busy_from(stat), Some(174.0 / hz));
+        assert_eq!(machine_busy_from("intr 1\n"), None);
+    }
 
     #[test]
     fn parses_loss_reports() {

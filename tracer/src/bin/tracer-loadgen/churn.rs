@@ -17,6 +17,9 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// Clients pause while this many connections wait for the server side, so the
 /// accept queue never overflows (a dropped SYN stalls a client for 1 s).
 const MAX_IN_FLIGHT: u64 = 1024;
+/// With --rate, a client sleeps only once it is this far ahead of the schedule: shorter sleeps
+/// cost more than the connections they space out.
+const PACE_SLACK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Serialize)]
 pub struct ChurnSummary {
@@ -43,6 +46,9 @@ struct Clients {
     spread: u8,
     send: u64,
     max: Option<u64>,
+    start: Instant,
+    /// Seconds between connection starts, with --rate.
+    interval: Option<f64>,
     deadline: Instant,
     next: AtomicU64,
     connected: AtomicU64,
@@ -80,6 +86,8 @@ pub fn run(args: ChurnArgs) -> Result<()> {
         spread: args.dst_spread,
         send: args.send,
         max: args.max_connections,
+        start,
+        interval: args.rate.map(|r| 1.0 / r),
         deadline: start + Duration::from_secs_f64(args.duration_secs),
         next: AtomicU64::new(0),
         connected: AtomicU64::new(0),
@@ -165,6 +173,16 @@ fn client_loop(c: &Clients, s: &Server) {
         let i = c.next.fetch_add(1, Ordering::Relaxed);
         if c.max.is_some_and(|m| i >= m) {
             break;
+        }
+        if let Some(interval) = c.interval {
+            let due = c.start + Duration::from_secs_f64(i as f64 * interval);
+            if due >= c.deadline {
+                break;
+            }
+            let ahead = due.saturating_duration_since(Instant::now());
+            if ahead > PACE_SLACK {
+                thread::sleep(ahead);
+            }
         }
         match sock::connect(&cli::target_addr(c.base, c.spread, i), timeout) {
             Ok(stream) => {

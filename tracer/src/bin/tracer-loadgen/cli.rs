@@ -181,6 +181,18 @@ pub struct ChurnArgs {
     pub dst_spread: u8,
     #[arg(long, default_value_t = 0)]
     pub send: u64,
+    /// Offered load in connections per second over all client threads (default: as fast as
+    /// possible). Connection i starts no earlier than i / RATE seconds after the start.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err("must be a positive number of connections per second".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

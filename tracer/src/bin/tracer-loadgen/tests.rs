@@ -162,6 +162,8 @@ fn server_and_churn_args() {
         .is_ok()
     );
     assert!(cli::parse_secs("nan").is_err() && cli::parse_secs("-1").is_err());
+    assert_eq!(cli::parse_rate("22000"), Ok(22_000.0));
+    assert!(cli::parse_rate("0").is_err() && cli::parse_rate("inf").is_err());
 }
 
 #[test]
