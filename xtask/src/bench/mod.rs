@@ -142,6 +142,8 @@ pub struct Sample {
     pub cpu_us_per_connection: Option<f64>,
     /// Kernel ns per run of the program handling state changes.
     pub ns_per_event: Option<f64>,
+    /// Kernel ns per run of the costliest single program on that tracepoint.
+    pub costliest_ns: Option<f64>,
     pub events: Option<f64>,
     pub lost: Option<f64>,
     /// Of `lost`, the hits on which the kernel ran no BPF program at all.
@@ -233,6 +235,7 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path, stats: bool) ->
         let usage = sampler.finish(&traced)?;
         let lost = traced.stop()?;
         sample.ns_per_event = usage.ns_per_event;
+        sample.costliest_ns = usage.costliest_ns;
         sample.events = Some(usage.events);
         sample.lost = Some(lost.total);
         sample.undelivered = Some(lost.undelivered);

@@ -1,6 +1,7 @@
 //! Processes under measurement: our tracer, the peers, and what the kernel says about them.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
@@ -244,25 +245,44 @@ fn peer_lost(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct ProgTotals {
-    run_time_ns: f64,
-    run_cnt: f64,
-    recursion_misses: f64,
+/// Run time and run count of each program (by id) that handles `inet_sock_set_state`.
+#[derive(Debug, Default, Clone)]
+struct ProgTotals(BTreeMap<u64, (f64, f64)>);
+
+impl ProgTotals {
+    /// Several programs on the same tracepoint (ours: the classic one and its raw-tracepoint
+    /// catcher) each run once per event: per event, their run times add up, the event count is
+    /// the largest run count. Also returns the costliest single program's ns per run.
+    fn since(&self, before: &Self) -> (f64, f64, Option<f64>) {
+        let deltas: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .map(|(id, &(t, c))| {
+                let (t0, c0) = before.0.get(id).copied().unwrap_or_default();
+                (t - t0, c - c0)
+            })
+            .collect();
+        let time: f64 = deltas.iter().map(|(t, _)| t).sum();
+        let runs = deltas.iter().map(|(_, c)| *c).fold(0.0, f64::max);
+        let costliest = deltas
+            .iter()
+            .filter(|(_, c)| *c > 0.0)
+            .map(|(t, c)| t / c)
+            .reduce(f64::max);
+        (time, runs, costliest)
+    }
 }
 
-/// Totals of `ids`' programs that handle `inet_sock_set_state`. Several programs on the same
-/// tracepoint (ours: the classic one and its raw-tracepoint catcher) each run once per event:
-/// their run times add up, the event count is the largest run count.
 fn state_prog_totals(ids: &[u64]) -> Result<ProgTotals> {
     let mut t = ProgTotals::default();
     for p in prog_list()? {
-        let mine = p["id"].as_u64().is_some_and(|id| ids.contains(&id));
+        let id = p["id"].as_u64().filter(|id| ids.contains(id));
         let name = p["name"].as_str().unwrap_or_default();
-        if mine && (name.contains("set_s") || name.contains("inet_sock")) {
-            t.run_time_ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
-            t.run_cnt = t.run_cnt.max(p["run_cnt"].as_f64().unwrap_or(0.0));
-            t.recursion_misses += p["recursion_misses"].as_f64().unwrap_or(0.0);
+        if let Some(id) = id
+            && (name.contains("set_s") || name.contains("inet_sock"))
+        {
+            let time = p["run_time_ns"].as_f64().unwrap_or(0.0);
+            t.0.insert(id, (time, p["run_cnt"].as_f64().unwrap_or(0.0)));
         }
     }
     Ok(t)
@@ -316,6 +336,8 @@ fn peak_rss_kib(pid: u32) -> Result<f64> {
 
 pub struct Usage {
     pub ns_per_event: Option<f64>,
+    /// The costliest single program's ns per run (the per-event target applies to each).
+    pub costliest_ns: Option<f64>,
     pub events: f64,
     pub cpu_s: f64,
     pub peak_rss_kib: f64,
@@ -336,10 +358,10 @@ impl Sampler {
     }
 
     pub fn finish(self, t: &Traced) -> Result<Usage> {
-        let now = state_prog_totals(&t.progs)?;
-        let runs = now.run_cnt - self.progs.run_cnt;
+        let (time, runs, costliest_ns) = state_prog_totals(&t.progs)?.since(&self.progs);
         Ok(Usage {
-            ns_per_event: (runs > 0.0).then(|| (now.run_time_ns - self.progs.run_time_ns) / runs),
+            ns_per_event: (runs > 0.0).then(|| time / runs),
+            costliest_ns,
             events: runs,
             cpu_s: cpu_seconds(t.pid())? - self.cpu_s,
             peak_rss_kib: peak_rss_kib(t.pid())?,
@@ -350,6 +372,19 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_costs_add_per_event_and_the_costliest_is_kept() {
+        let before = ProgTotals(BTreeMap::from([(1, (1_000.0, 10.0)), (2, (50.0, 10.0))]));
+        let now = ProgTotals(BTreeMap::from([
+            (1, (31_000.0, 110.0)),
+            (2, (4_050.0, 110.0)),
+            (3, (0.0, 0.0)),
+        ]));
+        let (time, runs, costliest) = now.since(&before);
+        assert_eq!((time, runs, costliest), (34_000.0, 100.0, Some(300.0)));
+        assert_eq!(ProgTotals::default().since(&before), (0.0, 0.0, None));
+    }
 
     #[test]
     fn machine_busy_counts_user_system_and_interrupts() {
