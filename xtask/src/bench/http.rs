@@ -28,6 +28,13 @@ pub struct Lost {
     pub undelivered: f64,
 }
 
+impl std::ops::AddAssign for Lost {
+    fn add_assign(&mut self, other: Self) {
+        self.total += other.total;
+        self.undelivered += other.undelivered;
+    }
+}
+
 pub const UNDELIVERED: &str = "kernel_undelivered";
 
 /// `GET path`; returns the status code and body.

@@ -140,7 +140,7 @@ pub struct Sample {
     pub connections: f64,
     /// CPU time of the whole machine (every process, kernel and interrupts) per connection, µs.
     pub cpu_us_per_connection: Option<f64>,
-    /// Kernel ns per run of the program handling state changes.
+    /// Kernel ns per state change, summed over the tool's programs on that tracepoint.
     pub ns_per_event: Option<f64>,
     /// Kernel ns per run of the costliest single program on that tracepoint.
     pub costliest_ns: Option<f64>,

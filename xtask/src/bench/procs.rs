@@ -203,11 +203,7 @@ impl Traced {
         }
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(300)) {
             match self.kind {
-                Kind::Stream => {
-                    let l = ours_lost(&line);
-                    lost.total += l.total;
-                    lost.undelivered += l.undelivered;
-                }
+                Kind::Stream => lost += ours_lost(&line),
                 Kind::Agent(_) => {}
                 Kind::Peer => lost.total += peer_lost(&line),
             }
