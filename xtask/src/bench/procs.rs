@@ -315,7 +315,10 @@ fn machine_busy_from(stat: &str) -> Option<f64> {
         .filter_map(|v| v.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>();
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<f64>();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some(busy / hz)
