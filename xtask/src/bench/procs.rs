@@ -50,6 +50,9 @@ enum Kind {
 /// The agent's default `--refresh`: its loss counters are read from the kernel that often.
 const AGENT_REFRESH: Duration = Duration::from_secs(5);
 
+/// How long every tracing process runs before the workload starts.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// A tracing process running while the workload runs.
 pub struct Traced {
     child: Child,
@@ -143,6 +146,9 @@ impl Traced {
             }
         }
         let progs = new_progs(&before)?;
+        // Like the peers below: measure the steady state, not the first seconds of a fresh
+        // process (cold maps and ring, its first refresh), which cost up to ~80% more per event.
+        std::thread::sleep(SETTLE);
         Ok(Self {
             child,
             kind,
@@ -160,8 +166,8 @@ impl Traced {
             .spawn()
             .with_context(|| format!("{program} (Debian package libbpf-tools)"))?;
         let stderr = stderr_lines(&mut child);
-        // libbpf-tools print nothing when attached; give them time to load and attach.
-        std::thread::sleep(Duration::from_secs(2));
+        // libbpf-tools print nothing when attached; give them time to load, attach and settle.
+        std::thread::sleep(SETTLE);
         if let Some(status) = child.try_wait()? {
             bail!("{program} exited at start: {status}");
         }

@@ -79,8 +79,9 @@ impl Report<'_> {
              untraced runs both sustain, so the cost shows only in CPU. \"Machine CPU µs per \
              connection\" is the busy time of all CPUs (every process, the kernel and interrupts, from \
              /proc/stat, steal excluded) during the churn over its connections, from the run as \
-             deployed; its difference to the baseline's is what tracing costs per connection. Each traced \
-             configuration runs twice: connections/s come from a run as deployed \
+             deployed; its difference to the baseline's is what tracing costs per connection. Every tracer runs for 3 s \
+             before the churn starts (ours once it reports that it is tracing), so the numbers are its \
+             steady state. Each traced configuration runs twice: connections/s come from a run as deployed \
              (`kernel.bpf_stats_enabled=0`); kernel cost (`run_time_ns / run_cnt` on \
              `sock:inet_sock_set_state`: of all the tool's programs there per transition, ours being \
              the classic program and its raw-tracepoint catcher, and of the costliest one alone), events, CPU and memory from a second run with the statistics \
