@@ -301,9 +301,13 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
         .flatten()
         .filter_map(|f| f.parse::<f64>().ok())
         .sum();
+    Ok(ticks / clock_ticks_per_second())
+}
+
+/// The unit of /proc's CPU times.
+fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// CPU seconds every CPU of the machine has spent busy (user, system, interrupts), from
@@ -325,9 +329,7 @@ fn machine_busy_from(stat: &str) -> Option<f64> {
         .iter()
         .filter_map(|&i| f.get(i))
         .sum::<f64>();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(busy / hz)
+    Some(busy / clock_ticks_per_second())
 }
 
 fn peak_rss_kib(pid: u32) -> Result<f64> {
@@ -393,8 +395,7 @@ mod tests {
 
     #[test]
     fn machine_busy_counts_user_system_and_interrupts() {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = clock_ticks_per_second();
         let stat = "cpu  100 1 50 9000 7 3 20 400 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
         assert_eq!(machine_busy_from(stat), Some(174.0 / hz));
         assert_eq!(machine_busy_from("intr 1\n"), None);
