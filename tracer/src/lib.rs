@@ -13,6 +13,7 @@ pub mod clock;
 pub mod close;
 pub mod event;
 pub mod format;
+pub mod links;
 pub mod live;
 pub mod loss;
 pub mod output;

@@ -6,12 +6,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{TracePoint, raw_trace_point::RawTracePointLink},
 };
 use tracer_common::{COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout};
 
 use crate::{
     format::{self, Tracepoint},
+    links::Links,
     loss::{LossCause, LossTotals},
     tracefs::{Tracefs, TracefsError},
 };
@@ -40,6 +41,8 @@ pub enum LoadError {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error("duplicating the undelivered-hits counters: {0}")]
+    Counter(std::io::Error),
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -105,6 +108,8 @@ pub struct Probes {
     pub catcher: bool,
     /// Counter of transitions the kernel did not hand to our programs.
     undelivered: Option<crate::undelivered::Undelivered>,
+    /// Until the reader task takes them; dropped with the probes otherwise.
+    links: Option<Links>,
 }
 
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
@@ -259,6 +264,7 @@ impl Probes {
         let mut ebpf = loader.load(OBJECT)?;
 
         let mut attached = Vec::new();
+        let mut links = Links::default();
         for (tp, _) in &layouts {
             let name = tp.name();
             let prog: &mut TracePoint = ebpf
@@ -271,8 +277,11 @@ impl Probes {
                 .map_err(|source| LoadError::Program { name, source })?;
             prog.load()
                 .map_err(|source| LoadError::Program { name, source })?;
-            prog.attach(tp.category(), name)
+            let link = prog
+                .attach(tp.category(), name)
+                .and_then(|id| prog.take_link(id))
                 .map_err(|source| LoadError::Program { name, source })?;
+            links.classic.push(link);
             attached.push(*tp);
         }
         let mut catcher = false;
@@ -284,9 +293,13 @@ impl Probes {
             });
             match catchers
                 .flatten()
-                .try_for_each(|(prog, tp)| attach_catcher(&mut ebpf, prog, tp))
+                .map(|(prog, tp)| attach_catcher(&mut ebpf, prog, tp))
+                .collect::<Result<Vec<_>, _>>()
             {
-                Ok(()) => catcher = true,
+                Ok(raw) => {
+                    links.raw = raw;
+                    catcher = true;
+                }
                 Err(e) => degraded.push(Degraded {
                     feature: RECOVERY,
                     reason: format!(
@@ -303,6 +316,9 @@ impl Probes {
                 })
             })
             .ok();
+        if let Some(u) = &undelivered {
+            links.counters = u.handles().map_err(LoadError::Counter)?;
+        }
         Ok(Self {
             ebpf,
             tracefs,
@@ -310,7 +326,13 @@ impl Probes {
             degraded,
             catcher,
             undelivered,
+            links: Some(links),
         })
+    }
+
+    /// The programs' attachments, for the reader task to drop before its last drain.
+    pub fn take_links(&mut self) -> Links {
+        self.links.take().unwrap_or_default()
     }
 
     /// Takes the ring buffer out, for the reader task.
@@ -459,14 +481,14 @@ fn attach_catcher(
     ebpf: &mut Ebpf,
     name: &str,
     tp: Tracepoint,
-) -> Result<(), aya::programs::ProgramError> {
+) -> Result<RawTracePointLink, aya::programs::ProgramError> {
     let prog: &mut aya::programs::RawTracePoint = ebpf
         .program_mut(name)
         .ok_or(aya::programs::ProgramError::NotLoaded)?
         .try_into()?;
     prog.load()?;
-    prog.attach(tp.name())?;
-    Ok(())
+    let id = prog.attach(tp.name())?;
+    prog.take_link(id)
 }
 
 /// Events lost to recursion: every skipped run of an event-producing program, less the skipped

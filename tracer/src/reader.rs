@@ -9,17 +9,22 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{DecodeError, Event, decode};
+use crate::{
+    event::{DecodeError, Event, decode},
+    links::Links,
+};
 
 /// Records per batch: large enough to amortise channel overhead, small enough to stay prompt.
 pub const BATCH: usize = 1024;
 
 pub type Batch = Vec<Result<Event, DecodeError>>;
 
-/// Reads until `cancel` fires, then drains what is left and returns. `tick` makes the reader
-/// also drain on a timer: needed when the kernel suppresses wakeups (batched wakeup mode).
+/// Reads until `cancel` fires, then detaches the programs (`links`), drains what is left and
+/// returns: after that last drain nothing can be written. `tick` makes the reader also drain on
+/// a timer: needed when the kernel suppresses wakeups (batched wakeup mode).
 pub async fn run(
     ring: RingBuf<MapData>,
+    links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
     tick: Option<Duration>,
@@ -47,6 +52,7 @@ pub async fn run(
             }
         }
     }
+    links.detach();
     drain(fd.get_mut(), &tx).await;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What every live command does first: check privileges, load and attach the kernel programs,
 //! report what is degraded, seed listener owners, and start the ring-buffer reader; and last:
-//! stop the reader after it drained, then detach.
+//! detach when stopping, then let the reader drain what the programs wrote.
 
 use std::{io, time::Duration};
 
@@ -63,7 +63,8 @@ impl Session {
         spawn_stopper(cancel.clone(), duration).map_err(SessionError::Reader)?;
         let (tx, rx) = mpsc::channel::<Batch>(256);
         let tick = (wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
-        let reader = tokio::spawn(reader::run(ring, tx, cancel.clone(), tick));
+        let links = probes.take_links();
+        let reader = tokio::spawn(reader::run(ring, links, tx, cancel.clone(), tick));
         Ok(Self {
             probes,
             rx,

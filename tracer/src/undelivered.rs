@@ -15,6 +15,8 @@ use std::{
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 /// `PERF_FLAG_FD_CLOEXEC`.
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+/// `PERF_EVENT_IOC_DISABLE`, `_IO('$', 1)`.
+const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
 /// Size of the attribute block passed (`PERF_ATTR_SIZE_VER5`); zeros beyond what we set.
 const ATTR_SIZE: usize = 112;
 
@@ -52,6 +54,11 @@ impl Undelivered {
         Ok(Self { fds })
     }
 
+    /// Descriptors of the same counters, for [`disable`].
+    pub fn handles(&self) -> io::Result<Vec<OwnedFd>> {
+        self.fds.iter().map(|fd| fd.try_clone()).collect()
+    }
+
     /// Hits so far, over all CPUs.
     pub fn count(&self) -> u64 {
         self.fds
@@ -63,5 +70,14 @@ impl Undelivered {
                 if n == 8 { v } else { 0 }
             })
             .sum()
+    }
+}
+
+/// Stops counting: once our programs are detached, every hit would count as one they missed.
+/// A stopped counter keeps its value.
+pub fn disable(counters: &[OwnedFd]) {
+    for fd in counters {
+        // SAFETY: an ioctl without argument on a perf event descriptor we own.
+        unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_DISABLE, 0) };
     }
 }

@@ -1,0 +1,30 @@
+//! The attachments of the kernel programs, handed to the reader task so that stopping detaches
+//! them before the reader's last drain: a transition committed after that drain would be lost
+//! without being counted anywhere.
+
+use std::os::fd::OwnedFd;
+
+use aya::programs::{raw_trace_point::RawTracePointLink, trace_point::TracePointLink};
+
+#[derive(Default)]
+pub struct Links {
+    pub(crate) classic: Vec<TracePointLink>,
+    pub(crate) raw: Vec<RawTracePointLink>,
+    /// The perf counters of hits our programs did not get. They count every hit once nothing is
+    /// attached, so they are stopped first.
+    pub(crate) counters: Vec<OwnedFd>,
+}
+
+impl Links {
+    /// Stops the counters, then detaches the catchers and the classic programs. Dropping does
+    /// the same.
+    pub fn detach(self) {}
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        crate::undelivered::disable(&self.counters);
+        self.raw.clear();
+        self.classic.clear();
+    }
+}
