@@ -67,6 +67,8 @@ fn want(s: &DiagSocket) -> Want {
 struct Scenario {
     ports: HashSet<u16>,
     expected: Vec<Want>,
+    /// The client that closed first while its peer stays open: (its address, the peer's).
+    orphan: (SocketAddr, SocketAddr),
     _keep: Vec<Box<dyn Send>>,
 }
 
@@ -183,6 +185,7 @@ impl Scenario {
         drop(cl);
         read_to_eof(&mut sv);
         add(me, e, Kind::TimeWait, FIN_WAIT2, false);
+        let orphan_pair = (me, e);
         add(e, me, Kind::Full, CLOSE_WAIT, true);
         keep.extend([Box::new(sv) as Box<dyn Send>, Box::new(orphan)]);
 
@@ -201,8 +204,24 @@ impl Scenario {
         Self {
             ports,
             expected,
+            orphan: orphan_pair,
             _keep: keep,
         }
+    }
+
+    /// A socket's shape as the expectation states it. When the peer's ACK of the FIN reaches
+    /// the orphan while close() still holds it (seen under emulation, where softirqs run on
+    /// another CPU), the kernel keeps it a full FIN_WAIT2 socket on a `tcp_fin_timeout` timer
+    /// instead of swapping in a timewait socket: the same connection state, either kind.
+    fn shape(&self, s: &DiagSocket) -> Want {
+        let w = want(s);
+        if (w.local, w.remote) == self.orphan && w.kind == Kind::Full && w.state == FIN_WAIT2 {
+            return Want {
+                kind: Kind::TimeWait,
+                ..w
+            };
+        }
+        w
     }
 
     fn mine(&self, s: &DiagSocket) -> bool {
@@ -227,7 +246,8 @@ impl Scenario {
             Duration::from_millis(20),
             || {
                 let got = self.dumped(Kinds::ALL);
-                let shapes: Vec<_> = got.iter().map(want).collect();
+                let mut shapes: Vec<_> = got.iter().map(|s| self.shape(s)).collect();
+                shapes.sort();
                 if shapes == self.expected {
                     Ok(got)
                 } else {
@@ -257,10 +277,12 @@ fn check_scenario(ip: IpAddr) {
             assert_eq!(owner.map(|o| o.0), Some(me), "owner of {s:?}: {owner:?}");
         }
     }
-    // Un-accepted children are the only full sockets without an inode.
+    // Un-accepted children are the only full sockets without an inode (besides a closed
+    // client kept full, see `Scenario::shape`).
+    let kept_full = late_orphans(&got);
     let orphans: Vec<_> = got
         .iter()
-        .filter(|s| s.kind == SockKind::Full && s.inode == 0)
+        .filter(|s| s.kind == SockKind::Full && s.inode == 0 && s.state != FIN_WAIT2)
         .collect();
     assert_eq!(orphans.len(), 2, "{orphans:?}");
 
@@ -302,7 +324,7 @@ fn check_scenario(ip: IpAddr) {
         time_wait: true,
         request: false,
     });
-    assert_eq!(tw.len(), 2, "{tw:?}");
+    assert_eq!(tw.len(), 2 - kept_full as usize, "{tw:?}");
     assert!(tw.iter().all(|s| s.kind == SockKind::TimeWait));
     let req = sc.dumped(Kinds {
         full: false,
@@ -410,6 +432,15 @@ fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Closed clients the kernel kept as full FIN_WAIT2 sockets (see `Scenario::shape`).
+fn late_orphans(sockets: &[DiagSocket]) -> u32 {
+    let n = sockets
+        .iter()
+        .filter(|s| s.kind == SockKind::Full && s.state == FIN_WAIT2 && s.inode == 0)
+        .count();
+    u32::try_from(n).unwrap()
+}
+
 fn tally(sockets: &[DiagSocket]) -> Counts {
     let mut c = Counts::default();
     for s in sockets {
@@ -431,17 +462,18 @@ fn count_matches_dump_in_a_quiet_namespace() {
         let all = snapshot::dump(Kinds::ALL).unwrap();
         // Only this test's sockets live in the namespace.
         assert_eq!(all.len(), v4.expected.len() + v6.expected.len());
+        let kept_full = late_orphans(&all);
         let counts = snapshot::count(Kinds::ALL).unwrap();
         assert_eq!(counts, tally(&all));
         assert_eq!(counts.get(SockKind::Request, SYN_RECV), 2);
         assert_eq!(counts.get(SockKind::TimeWait, TIME_WAIT), 2);
-        assert_eq!(counts.get(SockKind::TimeWait, FIN_WAIT2), 2);
-        assert_eq!(counts.get(SockKind::Full, FIN_WAIT2), 2);
+        assert_eq!(counts.get(SockKind::TimeWait, FIN_WAIT2), 2 - kept_full);
+        assert_eq!(counts.get(SockKind::Full, FIN_WAIT2), 2 + kept_full);
         assert_eq!(counts.get(SockKind::Full, LISTEN), 12);
         assert_eq!(counts.other, 0);
         let mini = snapshot::count(Kinds::MINI).unwrap();
         assert_eq!(mini.of_kind(SockKind::Full), 0);
-        assert_eq!(mini.total(), 6);
+        assert_eq!(mini.total(), 6 - kept_full);
         let none = Kinds {
             full: false,
             time_wait: false,
