@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("bpftool", "bpftool"),
     ("tcpstates", "libbpf-tools"),
+    ("bpftrace", "bpftrace"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("tmux", "tmux"),

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// Seconds of churn per measurement.
     #[arg(long, default_value_t = 5)]
     pub secs: u64,
-    /// Skip the peers (libbpf-tools tcpstates and tcplife).
+    /// Skip the peers (libbpf-tools tcpstates and tcplife) and the bpftrace reference programs.
     #[arg(long)]
     pub no_peers: bool,
     /// ESTABLISHED sockets held for the start-up and query measurements (0 skips them).
@@ -51,6 +51,12 @@ pub enum Config {
     StreamJsonFile,
     Tcpstates,
     Tcplife,
+    /// References for what any design on these tracepoints must pay: empty programs on the
+    /// tracepoints the agent uses, and a program that only keeps one hash entry per socket
+    /// (updated on every transition, deleted at CLOSE), the least that owner attribution and
+    /// time-in-state need.
+    FloorEmpty,
+    FloorSockMap,
     /// One client thread: a connect/close loop that leaves the second core some room, as a
     /// production host's own work does.
     BaselineOneLoop,
@@ -76,6 +82,8 @@ impl Config {
             Self::StreamJsonFile => "tracer stream --json > file",
             Self::Tcpstates => "libbpf-tools tcpstates > /dev/null",
             Self::Tcplife => "libbpf-tools tcplife > /dev/null",
+            Self::FloorEmpty => "reference: empty programs on the agent's tracepoints (bpftrace)",
+            Self::FloorSockMap => "reference: one hash entry per socket, nothing else (bpftrace)",
         }
     }
 
@@ -93,6 +101,8 @@ impl Config {
             Self::StreamJsonFile => "stream_json_file",
             Self::Tcpstates => "tcpstates",
             Self::Tcplife => "tcplife",
+            Self::FloorEmpty => "floor_empty",
+            Self::FloorSockMap => "floor_sock_map",
         }
     }
 
@@ -124,6 +134,16 @@ impl Config {
         self == self.baseline()
     }
 }
+
+/// Empty programs on the three tracepoints the agent's per-event programs use.
+const FLOOR_EMPTY: &str = "tracepoint:sock:inet_sock_set_state {} \
+     tracepoint:sock:sock_send_length {} tracepoint:sock:sock_recv_length {}";
+
+/// One hash entry per socket, written on every transition and deleted when the socket reaches
+/// CLOSE (7), as the agent's socket map is; no ring buffer, no owner, no filter.
+const FLOOR_SOCK_MAP: &str = "tracepoint:sock:inet_sock_set_state { \
+     if (args->newstate == 7) { delete(@sk[args->skaddr]); } \
+     else { @sk[args->skaddr] = nsecs; } } END { clear(@sk); }";
 
 /// The handbook's measured connect/close loop rate on these machines.
 const PACED_RATE: f64 = 22_000.0;
@@ -218,6 +238,8 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path, stats: bool) ->
         )?),
         Config::Tcpstates => Some(Traced::peer("tcpstates", &[])?),
         Config::Tcplife => Some(Traced::peer("tcplife", &[])?),
+        Config::FloorEmpty => Some(Traced::bpftrace(FLOOR_EMPTY)?),
+        Config::FloorSockMap => Some(Traced::bpftrace(FLOOR_SOCK_MAP)?),
     };
     let _stats = stats.then(procs::BpfStats::enable).transpose()?;
     let sampler = traced.as_ref().map(Sampler::start).transpose()?;
@@ -277,7 +299,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Config::StreamJsonFile,
     ];
     if !args.no_peers {
-        configs.extend([Config::Tcpstates, Config::Tcplife]);
+        configs.extend([
+            Config::Tcpstates,
+            Config::Tcplife,
+            Config::FloorEmpty,
+            Config::FloorSockMap,
+        ]);
     }
     configs.extend([
         Config::BaselineOneLoop,

@@ -180,6 +180,14 @@ impl Traced {
         })
     }
 
+    /// `bpftrace -e PROGRAM`, its maps as large as the agent's socket map.
+    pub fn bpftrace(program: &str) -> Result<Self> {
+        Self::peer(
+            "env",
+            &["BPFTRACE_MAP_KEYS_MAX=262144", "bpftrace", "-e", program],
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

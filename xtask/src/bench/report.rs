@@ -92,7 +92,11 @@ impl Report<'_> {
              kernel ran no BPF program at all. When checked against ftrace on this VM (two runs, 530 \
              transitions), every one of them had been handled in a softirq on top of one thread of \
              the guest's init process (`process_api`, PID 1), and a plain `bpftrace` program on the \
-             tracepoint missed the same ones.\n\n",
+             tracepoint missed the same ones. The two \"reference\" rows are not tools but floors: \
+             what attaching empty programs to the tracepoints costs, and what a program costs that \
+             does nothing but keep one hash entry per socket (written on every transition, deleted \
+             at CLOSE), the least any tracer needs for owners and time in state; no design on these \
+             tracepoints that attributes owners can be cheaper than the second.\n\n",
             today(),
             machine(),
             self.args.rounds,
