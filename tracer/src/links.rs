@@ -15,12 +15,7 @@ pub struct Links {
     pub(crate) counters: Vec<OwnedFd>,
 }
 
-impl Links {
-    /// Stops the counters, then detaches the catchers and the classic programs. Dropping does
-    /// the same.
-    pub fn detach(self) {}
-}
-
+/// Dropping stops the counters, then detaches the catchers and the classic programs.
 impl Drop for Links {
     fn drop(&mut self) {
         crate::undelivered::disable(&self.counters);

@@ -52,7 +52,7 @@ pub async fn run(
             }
         }
     }
-    links.detach();
+    drop(links);
     drain(fd.get_mut(), &tx).await;
     Ok(())
 }

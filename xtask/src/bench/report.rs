@@ -95,8 +95,8 @@ impl Report<'_> {
              tracepoint missed the same ones. The two \"reference\" rows are not tools but floors: \
              what attaching empty programs to the tracepoints costs, and what a program costs that \
              does nothing but keep one hash entry per socket (written on every transition, deleted \
-             at CLOSE), the least any tracer needs for owners and time in state; no design on these \
-             tracepoints that attributes owners can be cheaper than the second.\n\n",
+             at CLOSE), the least any tracer needs for owners and time in state: a tracer that keeps \
+             per-socket state in a map on these tracepoints pays at least that.\n\n",
             today(),
             machine(),
             self.args.rounds,
