@@ -224,6 +224,15 @@ impl Scenario {
         w
     }
 
+    /// How many of `sockets` are this scenario's closed client kept full (see [`Self::shape`]).
+    fn kept_full(&self, sockets: &[DiagSocket]) -> u32 {
+        let n = sockets
+            .iter()
+            .filter(|s| self.shape(s).kind != Kind::from(s.kind))
+            .count();
+        u32::try_from(n).unwrap()
+    }
+
     fn mine(&self, s: &DiagSocket) -> bool {
         self.ports.contains(&s.local.port()) || self.ports.contains(&s.remote.port())
     }
@@ -279,10 +288,10 @@ fn check_scenario(ip: IpAddr) {
     }
     // Un-accepted children are the only full sockets without an inode (besides a closed
     // client kept full, see `Scenario::shape`).
-    let kept_full = late_orphans(&got);
+    let kept_full = sc.kept_full(&got);
     let orphans: Vec<_> = got
         .iter()
-        .filter(|s| s.kind == SockKind::Full && s.inode == 0 && s.state != FIN_WAIT2)
+        .filter(|s| sc.shape(s).kind == Kind::Full && s.inode == 0)
         .collect();
     assert_eq!(orphans.len(), 2, "{orphans:?}");
 
@@ -432,15 +441,6 @@ fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Closed clients the kernel kept as full FIN_WAIT2 sockets (see `Scenario::shape`).
-fn late_orphans(sockets: &[DiagSocket]) -> u32 {
-    let n = sockets
-        .iter()
-        .filter(|s| s.kind == SockKind::Full && s.state == FIN_WAIT2 && s.inode == 0)
-        .count();
-    u32::try_from(n).unwrap()
-}
-
 fn tally(sockets: &[DiagSocket]) -> Counts {
     let mut c = Counts::default();
     for s in sockets {
@@ -462,7 +462,7 @@ fn count_matches_dump_in_a_quiet_namespace() {
         let all = snapshot::dump(Kinds::ALL).unwrap();
         // Only this test's sockets live in the namespace.
         assert_eq!(all.len(), v4.expected.len() + v6.expected.len());
-        let kept_full = late_orphans(&all);
+        let kept_full = v4.kept_full(&all) + v6.kept_full(&all);
         let counts = snapshot::count(Kinds::ALL).unwrap();
         assert_eq!(counts, tally(&all));
         assert_eq!(counts.get(SockKind::Request, SYN_RECV), 2);

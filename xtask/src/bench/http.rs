@@ -17,7 +17,7 @@ const DROPPING: [&str; 4] = [
     "ringbuf_full",
     "recursion_miss",
     "decode_error",
-    "kernel_undelivered",
+    UNDELIVERED,
 ];
 
 /// Events a tracer lost: all dropping causes, and of them the hits on which the kernel ran no
@@ -35,6 +35,7 @@ impl std::ops::AddAssign for Lost {
     }
 }
 
+/// The cause of hits the kernel handed to no BPF program.
 pub const UNDELIVERED: &str = "kernel_undelivered";
 
 /// `GET path`; returns the status code and body.
