@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod filter;
 pub mod layout;
+pub mod rings;
 pub mod sock;
 pub mod state;
 

@@ -28,7 +28,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{DEFERRED_OPENS, EVENTS, LISTENERS, PROCS, SOCKS, count},
+    maps::{DEFERRED_OPENS, LISTENERS, PROCS, SOCKS, count, ring},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
@@ -789,6 +789,7 @@ fn emit(slot: &mut Slot) -> Result<(), i64> {
     if load(&CONFIG.filter.flags) != 0 && !load(&CONFIG.filter).matches(ev) {
         return Ok(());
     }
+    let events = ring();
     if ev.pid == 0 {
         count(Counter::OwnerUnknown);
     }
@@ -796,7 +797,7 @@ fn emit(slot: &mut Slot) -> Result<(), i64> {
         slot.emitted = slot.emitted.wrapping_add(1);
         if slot.emitted.is_multiple_of(WAKEUP_CHECK_EVERY)
             && ev.ts_ns.wrapping_sub(slot.woke_ns) >= WAKEUP_GAP_NS
-            && EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
+            && events.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
         {
             slot.woke_ns = ev.ts_ns;
             BPF_RB_FORCE_WAKEUP
@@ -806,7 +807,7 @@ fn emit(slot: &mut Slot) -> Result<(), i64> {
     } else {
         0
     };
-    match EVENTS.output::<RawEvent>(&slot.ev, flags.into()) {
+    match events.output::<RawEvent>(&slot.ev, flags.into()) {
         Ok(()) => Ok(()),
         Err(e) => {
             count(Counter::RingbufFull);

@@ -1,13 +1,36 @@
 //! Maps shared with userspace. Sizes here are defaults: userspace sets the real ones at load.
 
+use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Counter, ListenerOwner, ProcTraffic, SockInfo};
+use tracer_common::{Counter, ListenerOwner, ProcTraffic, SockInfo, rings::RINGS};
 
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+/// The event rings, one per CPU (see `tracer_common::rings`). Userspace sizes them at load;
+/// rings no CPU writes get the minimum.
+macro_rules! rings {
+    ($($n:literal => $name:ident),*) => {
+        $(
+            #[map]
+            pub static $name: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+        )*
+        /// The ring this CPU writes. Lists the maps in `tracer_common::rings::RING_MAPS` order.
+        #[inline(always)]
+        pub fn ring() -> &'static RingBuf {
+            let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+            match cpu % RINGS {
+                $($n => &$name,)*
+                _ => &EVENTS_0,
+            }
+        }
+    };
+}
+rings!(
+    0 => EVENTS_0, 1 => EVENTS_1, 2 => EVENTS_2, 3 => EVENTS_3, 4 => EVENTS_4, 5 => EVENTS_5,
+    6 => EVENTS_6, 7 => EVENTS_7, 8 => EVENTS_8, 9 => EVENTS_9, 10 => EVENTS_10,
+    11 => EVENTS_11, 12 => EVENTS_12, 13 => EVENTS_13, 14 => EVENTS_14, 15 => EVENTS_15
+);
 
 /// Socket address -> owner and time of the last transition.
 #[map]

@@ -8,7 +8,10 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, raw_trace_point::RawTracePointLink},
 };
-use tracer_common::{COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout};
+use tracer_common::{
+    COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout,
+    rings::{RING_MAPS, RINGS},
+};
 
 use crate::{
     format::{self, Tracepoint},
@@ -62,7 +65,7 @@ pub struct Degraded {
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
     pub config: Config,
-    /// Ring buffer size in bytes (a power of two, at least one page).
+    /// Total bytes of the event rings (a power of two, at least one page).
     pub ring_bytes: u32,
     /// Capacity of the socket owner map.
     pub max_sockets: u32,
@@ -110,6 +113,8 @@ pub struct Probes {
     undelivered: Option<crate::undelivered::Undelivered>,
     /// Until the reader task takes them; dropped with the probes otherwise.
     links: Option<Links>,
+    /// How many event rings the CPUs write.
+    rings: usize,
 }
 
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
@@ -230,10 +235,15 @@ impl Probes {
             })
             .ok();
 
+        let rings = crate::rings::active(aya::util::nr_cpus().unwrap_or(RINGS));
+        let page = u32::try_from(procfs::page_size()).unwrap_or(4096);
+        let ring_bytes = crate::rings::ring_bytes(opts.ring_bytes, rings, page);
         let mut loader = EbpfLoader::new();
+        for (i, name) in RING_MAPS.iter().enumerate() {
+            loader.map_max_entries(name, if i < rings { ring_bytes } else { page });
+        }
         loader
             .override_global("CONFIG", &opts.config, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("LISTENERS", opts.max_listeners)
             .map_max_entries("PROCS", opts.max_processes);
@@ -327,6 +337,7 @@ impl Probes {
             catcher,
             undelivered,
             links: Some(links),
+            rings,
         })
     }
 
@@ -335,16 +346,18 @@ impl Probes {
         self.links.take().unwrap_or_default()
     }
 
-    /// Takes the ring buffer out, for the reader task.
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(LoadError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map {
-            name: "EVENTS",
-            source,
-        })
+    /// Takes out the rings this host's CPUs write, for the reader task.
+    pub fn take_rings(&mut self) -> Result<Vec<RingBuf<MapData>>, LoadError> {
+        RING_MAPS[..self.rings]
+            .iter()
+            .map(|&name| {
+                let map = self
+                    .ebpf
+                    .take_map(name)
+                    .ok_or(LoadError::MissingMap(name))?;
+                RingBuf::try_from(map).map_err(|source| LoadError::Map { name, source })
+            })
+            .collect()
     }
 
     /// Records the owners of listeners that predate the tracer, so their new connections are

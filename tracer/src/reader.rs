@@ -1,77 +1,136 @@
-//! The ring-buffer reader task: waits for readiness with `AsyncFd`, drains the buffer completely
-//! (readiness is edge-triggered), decodes records into owned events, and sends them in batches
-//! over a bounded channel. When the consumer falls behind, the channel fills, the kernel's ring
-//! fills, and the kernel counts what it drops: back-pressure never hides a loss.
+//! The ring-buffer reader task: waits for readiness of any ring with `AsyncFd`, drains them all
+//! completely (readiness is edge-triggered), decodes records into owned events, merges the
+//! rings into timestamp order, and sends the events in batches over a bounded channel. When the
+//! consumer falls behind, the channel fills, the kernel's rings fill, and the kernel counts
+//! what it drops: back-pressure never hides a loss.
 
-use std::time::Duration;
+use std::{future::poll_fn, task::Poll, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    clock::Clock,
     event::{DecodeError, Event, decode},
     links::Links,
+    merge::{ALL, HOLD, Merge},
 };
 
 /// Records per batch: large enough to amortise channel overhead, small enough to stay prompt.
 pub const BATCH: usize = 1024;
 
+/// Records taken from one ring per drain, so a drain under a flood holds bounded memory.
+const DRAIN_LIMIT: usize = 65_536;
+
 pub type Batch = Vec<Result<Event, DecodeError>>;
+
+type Ring = AsyncFd<RingBuf<MapData>>;
 
 /// Reads until `cancel` fires, then detaches the programs (`links`), drains what is left and
 /// returns: after that last drain nothing can be written. `tick` makes the reader also drain on
 /// a timer: needed when the kernel suppresses wakeups (batched wakeup mode).
 pub async fn run(
-    ring: RingBuf<MapData>,
+    rings: Vec<RingBuf<MapData>>,
     links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
     tick: Option<Duration>,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, while it lives
-    // inside the AsyncFd.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
+    let mut rings = rings
+        .into_iter()
+        // SAFETY: each ring buffer owns its map fd and keeps it open, unchanged, while it
+        // lives inside the AsyncFd.
+        .map(|r| {
+            unsafe { AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        })
+        .collect::<std::io::Result<Vec<Ring>>>()?;
+    let mut merge = Merge::new(rings.len(), HOLD);
     let mut timer = tick.map(tokio::time::interval);
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                // Clear before draining: a record committed during the drain re-arms readiness.
-                guard.clear_ready();
-                if !drain(guard.get_inner_mut(), &tx).await {
-                    return Ok(());
-                }
-            }
-            _ = async { timer.as_mut().expect("guarded").tick().await }, if timer.is_some() => {
-                if !drain(fd.get_mut(), &tx).await {
-                    return Ok(());
-                }
-            }
+            ready = any_readable(&mut rings) => ready?,
+            _ = async { timer.as_mut().expect("guarded").tick().await }, if timer.is_some() => {}
+            // Held events become due without any new record arriving.
+            _ = tokio::time::sleep(HOLD), if !merge.is_empty() => {}
+        }
+        if !drain(&mut rings, &mut merge, &tx, false).await {
+            return Ok(());
         }
     }
     drop(links);
-    drain(fd.get_mut(), &tx).await;
+    drain(&mut rings, &mut merge, &tx, true).await;
+    if merge.late() > 0 {
+        eprintln!(
+            "tracer: {} events reached the reader more than {} ms after their time and were \
+             delivered after later ones (a CPU stalled while writing them)",
+            merge.late(),
+            HOLD.as_millis()
+        );
+    }
     Ok(())
 }
 
-/// Sends every record currently in the ring. Returns false when the consumer has gone.
-async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Batch>) -> bool {
-    loop {
-        let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH {
-            match ring.next() {
-                Some(item) => batch.push(decode(&item)),
-                None => break,
+/// Waits until at least one ring is readable, and clears the readiness of every ring that is:
+/// a record committed during the drain that follows re-arms it.
+async fn any_readable(rings: &mut [Ring]) -> std::io::Result<()> {
+    poll_fn(|cx| {
+        let mut any = false;
+        for ring in rings.iter_mut() {
+            if let Poll::Ready(guard) = ring.poll_read_ready_mut(cx) {
+                guard?.clear_ready();
+                any = true;
             }
         }
-        let full = batch.len() == BATCH;
+        if any {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Reads every ring and sends what the merge releases (everything when `last`). Returns false
+/// when the consumer has gone.
+async fn drain(
+    rings: &mut [Ring],
+    merge: &mut Merge,
+    tx: &mpsc::Sender<Batch>,
+    last: bool,
+) -> bool {
+    loop {
+        // Before reading: every record older than this (less the hold) is in a ring by now.
+        let drained_ns = Clock::now_mono_ns();
+        let mut batch: Batch = Vec::with_capacity(BATCH);
+        let mut more = false;
+        for (i, ring) in rings.iter_mut().enumerate() {
+            let ring = ring.get_mut();
+            let mut n = 0;
+            while n < DRAIN_LIMIT {
+                let Some(item) = ring.next() else { break };
+                match decode(&item) {
+                    Ok(ev) => merge.push(i, ev),
+                    Err(e) => batch.push(Err(e)),
+                }
+                n += 1;
+            }
+            more |= n == DRAIN_LIMIT;
+        }
+        let upto = merge.horizon(if last && !more { ALL } else { drained_ns });
+        while let Some(ev) = merge.pop(upto) {
+            batch.push(Ok(ev));
+            if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                return false;
+            }
+        }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
             return false;
         }
-        if !full {
+        if !more {
             return true;
         }
     }

@@ -53,7 +53,7 @@ impl Session {
         for d in probes.degraded.iter().filter(|_| announce) {
             eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
         }
-        let ring = probes.take_ring()?;
+        let rings = probes.take_rings()?;
         // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
         let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
         if announce && seeded > 0 {
@@ -64,7 +64,7 @@ impl Session {
         let (tx, rx) = mpsc::channel::<Batch>(256);
         let tick = (wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
         let links = probes.take_links();
-        let reader = tokio::spawn(reader::run(ring, links, tx, cancel.clone(), tick));
+        let reader = tokio::spawn(reader::run(rings, links, tx, cancel.clone(), tick));
         Ok(Self {
             probes,
             rx,

@@ -17,8 +17,8 @@ use common::*;
 use serde_json::Value;
 
 /// Connections in the burst; each makes five transitions on either side: 10,002 records of
-/// 136 bytes, more than the ring holds (7,710 with `--ring-size 1M`), so it must keep being
-/// drained while stdout is stalled.
+/// 136 bytes, more than the rings hold together (7,710 with `--ring-size 1M`), so they must keep
+/// being drained while stdout is stalled.
 const CONNECTIONS: u64 = 1000;
 
 /// What a run with a stalled stdout printed, and its stop summary.

@@ -11,7 +11,8 @@ use crate::{aggregate::view::ProcSort, live::LiveOptions, probes::ProbeOptions};
 /// Kernel and table sizing shared by the aggregating commands.
 #[derive(Debug, Clone, Args)]
 pub struct LiveArgs {
-    /// Ring buffer size: a power of two of at least 4K, with an optional K/M/G suffix.
+    /// Ring buffer size, shared by the per-CPU rings: a power of two of at least 4K, with an
+    /// optional K/M/G suffix.
     /// [default: 4M for stats, top and agent, which drain it in-process; 16M for record, whose
     /// drain waits on the disk]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]

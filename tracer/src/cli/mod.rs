@@ -122,7 +122,8 @@ pub struct StreamArgs {
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring buffer size: a power of two of at least 4K, with an optional K/M/G suffix.
+    /// Ring buffer size, shared by the per-CPU rings: a power of two of at least 4K, with an
+    /// optional K/M/G suffix.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring_size)]
     pub ring_size: u32,
     /// Capacity of the kernel's socket owner map (sockets tracked at once).

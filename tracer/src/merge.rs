@@ -1,0 +1,176 @@
+//! Merging the per-CPU event rings back into one stream in timestamp order.
+//!
+//! Transitions of one socket are serialised by its lock, and each takes its timestamp inside
+//! it, so timestamp order is the socket's order even when its transitions ran on different
+//! CPUs. A record with timestamp `t` may still be missing from its ring while the program that
+//! wrote it is running, so an event is held until the reader has drained every ring `hold`
+//! after `t`. Each ring is already in its CPU's order, so this is a k-way merge of the rings'
+//! queues: no sorting, and each event moves once in and once out.
+
+use std::{collections::VecDeque, time::Duration};
+
+use crate::event::Event;
+
+/// How long after its timestamp an event is held for records from other CPUs: far above a
+/// program's run time (microseconds), so only a CPU stalled mid-program (a preempted vCPU)
+/// can deliver later than this.
+pub const HOLD: Duration = Duration::from_millis(10);
+
+/// Passed to [`Merge::horizon`] once no program can write any more: everything is due.
+pub const ALL: u64 = u64::MAX;
+
+#[derive(Debug)]
+pub struct Merge {
+    /// Decoded events of each ring not yet released, in ring order.
+    rings: Vec<VecDeque<Event>>,
+    hold_ns: u64,
+    /// Every event at or before this was due at the last release.
+    released_ns: u64,
+    /// Events that arrived after later ones had been released.
+    late: u64,
+}
+
+impl Merge {
+    pub fn new(rings: usize, hold: Duration) -> Self {
+        Self {
+            rings: (0..rings.max(1)).map(|_| VecDeque::new()).collect(),
+            hold_ns: u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX),
+            released_ns: 0,
+            late: 0,
+        }
+    }
+
+    pub fn push(&mut self, ring: usize, ev: Event) {
+        if ev.ts_ns < self.released_ns {
+            self.late += 1;
+        }
+        if let Some(q) = self.rings.get_mut(ring) {
+            q.push_back(ev);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rings.iter().all(VecDeque::is_empty)
+    }
+
+    /// Events that reached the reader after later ones had been delivered; each was delivered
+    /// late, out of order.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// The time up to which events are due after a drain of every ring that began at
+    /// `drained_ns` (CLOCK_MONOTONIC), or [`ALL`]. A single ring needs no hold.
+    pub fn horizon(&mut self, drained_ns: u64) -> u64 {
+        let upto = if drained_ns == ALL || self.rings.len() == 1 {
+            ALL
+        } else {
+            drained_ns.saturating_sub(self.hold_ns)
+        };
+        self.released_ns = self.released_ns.max(upto);
+        upto
+    }
+
+    /// The earliest event at or before `upto`, if any. Ties go to the lower ring.
+    pub fn pop(&mut self, upto: u64) -> Option<Event> {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, q) in self.rings.iter().enumerate() {
+            if let Some(e) = q.front()
+                && e.ts_ns <= upto
+                && best.is_none_or(|(_, ts)| e.ts_ns < ts)
+            {
+                best = Some((i, e.ts_ns));
+            }
+        }
+        best.and_then(|(i, _)| self.rings[i].pop_front())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use tracer_common::state;
+
+    use super::*;
+    use crate::event::{Detail, TcpState};
+
+    fn test_event(ts_ns: u64) -> Event {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Event {
+            ts_ns,
+            sk: 0,
+            saddr: lo,
+            sport: 1,
+            daddr: lo,
+            dport: 2,
+            owner: None,
+            netns: 0,
+            detail: Detail::State {
+                old: TcpState::try_from(state::SYN_SENT).unwrap(),
+                new: TcpState::try_from(state::ESTABLISHED).unwrap(),
+                duration_ns: None,
+            },
+            close: None,
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    fn drain(m: &mut Merge, drained_ns: u64) -> Vec<u64> {
+        let upto = m.horizon(drained_ns);
+        std::iter::from_fn(|| m.pop(upto))
+            .map(|e| e.ts_ns)
+            .collect()
+    }
+
+    #[test]
+    fn rings_merge_into_timestamp_order_after_the_hold() {
+        let mut m = Merge::new(2, HOLD);
+        for t in [1, 4, 30] {
+            m.push(0, test_event(t * MS));
+        }
+        for t in [2, 3, 25] {
+            m.push(1, test_event(t * MS));
+        }
+        assert_eq!(drain(&mut m, 30 * MS), [MS, 2 * MS, 3 * MS, 4 * MS]);
+        assert_eq!(drain(&mut m, 35 * MS), [25 * MS]);
+        assert!(!m.is_empty());
+        assert_eq!(drain(&mut m, ALL), [30 * MS]);
+        assert!(m.is_empty());
+        assert_eq!(m.late(), 0);
+    }
+
+    #[test]
+    fn equal_timestamps_go_to_the_lower_ring_first_and_keep_ring_order() {
+        let mut m = Merge::new(2, Duration::ZERO);
+        for (ring, sk) in [(1, 3), (0, 1), (0, 2)] {
+            let mut e = test_event(5);
+            e.sk = sk;
+            m.push(ring, e);
+        }
+        let upto = m.horizon(5);
+        let order: Vec<u64> = std::iter::from_fn(|| m.pop(upto)).map(|e| e.sk).collect();
+        assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_single_ring_is_delivered_as_read_without_a_hold() {
+        let mut m = Merge::new(1, HOLD);
+        for t in [7, 3, 9] {
+            m.push(0, test_event(t * MS));
+        }
+        assert_eq!(drain(&mut m, MS), [7 * MS, 3 * MS, 9 * MS]);
+    }
+
+    #[test]
+    fn an_event_older_than_what_was_released_is_counted_late_and_still_delivered() {
+        let mut m = Merge::new(2, HOLD);
+        m.push(0, test_event(20 * MS));
+        assert_eq!(drain(&mut m, 40 * MS), [20 * MS]);
+        m.push(1, test_event(29 * MS));
+        m.push(0, test_event(31 * MS));
+        assert_eq!(m.late(), 1);
+        assert_eq!(drain(&mut m, 41 * MS), [29 * MS, 31 * MS]);
+    }
+}
