@@ -1,7 +1,7 @@
 //! Maps shared with userspace. Sizes here are defaults: userspace sets the real ones at load.
 
-use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
