@@ -5,11 +5,31 @@
 //! CPUs. A record with timestamp `t` may still be missing from its ring while the program that
 //! wrote it is running, so an event is held until the reader has drained every ring `hold`
 //! after `t`. Each ring is already in its CPU's order, so this is a k-way merge of the rings'
-//! queues: no sorting, and each event moves once in and once out.
+//! queues, with no sorting. The queues hold records as read (decoding them later writes each
+//! event once, straight into its batch).
 
 use std::{collections::VecDeque, time::Duration};
 
-use crate::event::Event;
+use tracer_common::RawEvent;
+
+/// What the merge orders by.
+pub trait Timestamped {
+    /// CLOCK_MONOTONIC nanoseconds.
+    fn ts_ns(&self) -> u64;
+}
+
+/// One ring-buffer record of the expected size, not yet decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Record(pub [u8; RawEvent::SIZE]);
+
+impl Timestamped for Record {
+    fn ts_ns(&self) -> u64 {
+        const AT: usize = std::mem::offset_of!(RawEvent, ts_ns);
+        let mut ts = [0; 8];
+        ts.copy_from_slice(&self.0[AT..AT + 8]);
+        u64::from_ne_bytes(ts)
+    }
+}
 
 /// How long after its timestamp an event is held for records from other CPUs: far above a
 /// program's run time (microseconds), so only a CPU stalled mid-program (a preempted vCPU)
@@ -20,9 +40,9 @@ pub const HOLD: Duration = Duration::from_millis(10);
 pub const ALL: u64 = u64::MAX;
 
 #[derive(Debug)]
-pub struct Merge {
-    /// Decoded events of each ring not yet released, in ring order.
-    rings: Vec<VecDeque<Event>>,
+pub struct Merge<T> {
+    /// Records of each ring not yet released, in ring order.
+    rings: Vec<VecDeque<T>>,
     hold_ns: u64,
     /// Every event at or before this was due at the last release.
     released_ns: u64,
@@ -30,7 +50,7 @@ pub struct Merge {
     late: u64,
 }
 
-impl Merge {
+impl<T: Timestamped> Merge<T> {
     pub fn new(rings: usize, hold: Duration) -> Self {
         Self {
             rings: (0..rings.max(1)).map(|_| VecDeque::new()).collect(),
@@ -40,8 +60,8 @@ impl Merge {
         }
     }
 
-    pub fn push(&mut self, ring: usize, ev: Event) {
-        if ev.ts_ns < self.released_ns {
+    pub fn push(&mut self, ring: usize, ev: T) {
+        if ev.ts_ns() < self.released_ns {
             self.late += 1;
         }
         if let Some(q) = self.rings.get_mut(ring) {
@@ -60,26 +80,26 @@ impl Merge {
     }
 
     /// The time up to which events are due after a drain of every ring that began at
-    /// `drained_ns` (CLOCK_MONOTONIC), or [`ALL`]. A single ring needs no hold.
+    /// `drained_ns` (CLOCK_MONOTONIC), or [`ALL`]. A single ring needs no hold: it is in the
+    /// order its CPU wrote it.
     pub fn horizon(&mut self, drained_ns: u64) -> u64 {
-        let upto = if drained_ns == ALL || self.rings.len() == 1 {
-            ALL
-        } else {
-            drained_ns.saturating_sub(self.hold_ns)
-        };
+        if drained_ns == ALL || self.rings.len() == 1 {
+            return ALL;
+        }
+        let upto = drained_ns.saturating_sub(self.hold_ns);
         self.released_ns = self.released_ns.max(upto);
         upto
     }
 
     /// The earliest event at or before `upto`, if any. Ties go to the lower ring.
-    pub fn pop(&mut self, upto: u64) -> Option<Event> {
+    pub fn pop(&mut self, upto: u64) -> Option<T> {
         let mut best: Option<(usize, u64)> = None;
         for (i, q) in self.rings.iter().enumerate() {
-            if let Some(e) = q.front()
-                && e.ts_ns <= upto
-                && best.is_none_or(|(_, ts)| e.ts_ns < ts)
+            if let Some(ts) = q.front().map(T::ts_ns)
+                && ts <= upto
+                && best.is_none_or(|(_, b)| ts < b)
             {
-                best = Some((i, e.ts_ns));
+                best = Some((i, ts));
             }
         }
         best.and_then(|(i, _)| self.rings[i].pop_front())
@@ -88,40 +108,35 @@ impl Merge {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
-    use tracer_common::state;
-
     use super::*;
-    use crate::event::{Detail, TcpState};
-
-    fn test_event(ts_ns: u64) -> Event {
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        Event {
-            ts_ns,
-            sk: 0,
-            saddr: lo,
-            sport: 1,
-            daddr: lo,
-            dport: 2,
-            owner: None,
-            netns: 0,
-            detail: Detail::State {
-                old: TcpState::try_from(state::SYN_SENT).unwrap(),
-                new: TcpState::try_from(state::ESTABLISHED).unwrap(),
-                duration_ns: None,
-            },
-            close: None,
-        }
-    }
 
     const MS: u64 = 1_000_000;
 
-    fn drain(m: &mut Merge, drained_ns: u64) -> Vec<u64> {
+    /// A record with a timestamp and a tag telling records apart.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Rec(u64, u32);
+
+    impl Timestamped for Rec {
+        fn ts_ns(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn test_event(ts_ns: u64) -> Rec {
+        Rec(ts_ns, 0)
+    }
+
+    fn drain(m: &mut Merge<Rec>, drained_ns: u64) -> Vec<u64> {
         let upto = m.horizon(drained_ns);
-        std::iter::from_fn(|| m.pop(upto))
-            .map(|e| e.ts_ns)
-            .collect()
+        std::iter::from_fn(|| m.pop(upto)).map(|e| e.0).collect()
+    }
+
+    #[test]
+    fn a_raw_record_is_ordered_by_its_kernel_timestamp() {
+        let mut raw = [0u8; RawEvent::SIZE];
+        let at = std::mem::offset_of!(RawEvent, ts_ns);
+        raw[at..at + 8].copy_from_slice(&123_456_789u64.to_ne_bytes());
+        assert_eq!(Record(raw).ts_ns(), 123_456_789);
     }
 
     #[test]
@@ -144,13 +159,11 @@ mod tests {
     #[test]
     fn equal_timestamps_go_to_the_lower_ring_first_and_keep_ring_order() {
         let mut m = Merge::new(2, Duration::ZERO);
-        for (ring, sk) in [(1, 3), (0, 1), (0, 2)] {
-            let mut e = test_event(5);
-            e.sk = sk;
-            m.push(ring, e);
+        for (ring, tag) in [(1, 3), (0, 1), (0, 2)] {
+            m.push(ring, Rec(5, tag));
         }
         let upto = m.horizon(5);
-        let order: Vec<u64> = std::iter::from_fn(|| m.pop(upto)).map(|e| e.sk).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| m.pop(upto)).map(|e| e.1).collect();
         assert_eq!(order, [1, 2, 3]);
     }
 
@@ -161,6 +174,9 @@ mod tests {
             m.push(0, test_event(t * MS));
         }
         assert_eq!(drain(&mut m, MS), [7 * MS, 3 * MS, 9 * MS]);
+        m.push(0, test_event(2 * MS));
+        assert_eq!(drain(&mut m, 3 * MS), [2 * MS]);
+        assert_eq!(m.late(), 0);
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::{future::poll_fn, task::Poll, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
+use tracer_common::RawEvent;
 
 use crate::{
     clock::Clock,
     event::{DecodeError, Event, decode},
     links::Links,
-    merge::{ALL, HOLD, Merge},
+    merge::{ALL, HOLD, Merge, Record},
 };
 
 /// Records per batch: large enough to amortise channel overhead, small enough to stay prompt.
@@ -98,7 +99,7 @@ async fn any_readable(rings: &mut [Ring]) -> std::io::Result<()> {
 /// when the consumer has gone.
 async fn drain(
     rings: &mut [Ring],
-    merge: &mut Merge,
+    merge: &mut Merge<Record>,
     tx: &mpsc::Sender<Batch>,
     last: bool,
 ) -> bool {
@@ -112,17 +113,17 @@ async fn drain(
             let mut n = 0;
             while n < DRAIN_LIMIT {
                 let Some(item) = ring.next() else { break };
-                match decode(&item) {
-                    Ok(ev) => merge.push(i, ev),
-                    Err(e) => batch.push(Err(e)),
+                match <[u8; RawEvent::SIZE]>::try_from(&*item) {
+                    Ok(raw) => merge.push(i, Record(raw)),
+                    Err(_) => batch.push(decode(&item)),
                 }
                 n += 1;
             }
             more |= n == DRAIN_LIMIT;
         }
         let upto = merge.horizon(if last && !more { ALL } else { drained_ns });
-        while let Some(ev) = merge.pop(upto) {
-            batch.push(Ok(ev));
+        while let Some(rec) = merge.pop(upto) {
+            batch.push(decode(&rec.0));
             if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
                 return false;
             }
