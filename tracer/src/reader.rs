@@ -1,8 +1,8 @@
 //! The ring-buffer reader task: waits for readiness of any ring with `AsyncFd`, drains them all
-//! completely (readiness is edge-triggered), decodes records into owned events, merges the
-//! rings into timestamp order, and sends the events in batches over a bounded channel. When the
-//! consumer falls behind, the channel fills, the kernel's rings fill, and the kernel counts
-//! what it drops: back-pressure never hides a loss.
+//! completely (readiness is edge-triggered), merges the rings' records into timestamp order,
+//! decodes each into an owned event when it is due, and sends them in batches over a bounded
+//! channel. When the consumer falls behind, the channel fills, the kernel's rings fill, and the
+//! kernel counts what it drops: back-pressure never hides a loss.
 
 use std::{future::poll_fn, task::Poll, time::Duration};
 
