@@ -28,7 +28,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{DEFERRED_OPENS, LISTENERS, PROCS, SOCKS, count, ring},
+    maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, ring, socks},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
@@ -303,7 +303,7 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         // The peer is not in the new socket yet (older kernels): emitted with the next one.
         // Without a map entry (map full) it goes out now, peer unknown, rather than never.
         track_owner(s, now);
-        if let Some(e) = SOCKS.get_ptr_mut(sk) {
+        if let Some(e) = socks().get_ptr_mut(sk) {
             unsafe { (*e).open_pending = 1 };
             if let Some(seen) = DEFERRED_OPENS.get_ptr_mut(0) {
                 unsafe { *seen = 1 };
@@ -331,7 +331,7 @@ fn emit_pending_open(s: &mut Slot, now: u64) {
     if s.ev.old_state != state::SYN_RECV || !deferred_opens_seen() {
         return;
     }
-    let Some(e) = SOCKS.get_ptr_mut(s.ev.sk) else {
+    let Some(e) = socks().get_ptr_mut(s.ev.sk) else {
         return;
     };
     let e = unsafe { &mut *e };
@@ -388,7 +388,7 @@ fn track_owner(s: &mut Slot, now: u64) {
     let entry = if starts_connection {
         None
     } else {
-        SOCKS.get_ptr_mut(sk)
+        socks().get_ptr_mut(sk)
     };
     let ev = &mut s.ev;
 
@@ -456,7 +456,7 @@ fn track_owner(s: &mut Slot, now: u64) {
                 if starts_connection {
                     info.start_ts = now;
                 }
-                if SOCKS.insert(sk, info, 0).is_err() {
+                if socks().insert(sk, info, 0).is_err() {
                     count(Counter::SockMapFull);
                 }
             }
@@ -483,7 +483,7 @@ fn track_owner(s: &mut Slot, now: u64) {
         }
     }
     if new == state::CLOSE && entry.is_some() {
-        let _ = SOCKS.remove(sk);
+        let _ = socks().remove(sk);
     }
 }
 
@@ -518,7 +518,7 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
 /// there for the socket's close record.
 #[inline(always)]
 fn owner_from_map(ev: &mut RawEvent) {
-    if let Some(e) = SOCKS.get_ptr_mut(ev.sk) {
+    if let Some(e) = socks().get_ptr_mut(ev.sk) {
         let e = unsafe { &mut *e };
         e.retransmits = e.retransmits.wrapping_add(1);
         ev.pid = e.pid;
@@ -622,7 +622,7 @@ fn try_signal(
             ev.owner_src = OwnerSource::Listener as u8;
         }
     } else if ev.sk != 0
-        && let Some(e) = unsafe { SOCKS.get(ev.sk) }
+        && let Some(e) = unsafe { socks().get(ev.sk) }
     {
         ev.pid = e.pid;
         ev.comm = e.comm;
@@ -671,7 +671,7 @@ fn try_count_bytes(
     let sk = rec.uint(&l.skaddr);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut comm = None;
-    match SOCKS.get_ptr_mut(sk) {
+    match socks().get_ptr_mut(sk) {
         Some(e) => {
             let e = unsafe { &mut *e };
             if e.pid != tgid || e.owner_src != OwnerSource::Process as u8 {
@@ -689,7 +689,7 @@ fn try_count_bytes(
             let mut info = SockInfo::new(tgid, c, OwnerSource::Process as u8);
             info.netns = sock_netns(sk);
             add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
-            if SOCKS.insert(sk, info, 0).is_err() {
+            if socks().insert(sk, info, 0).is_err() {
                 count(Counter::SockMapFull);
             }
         }

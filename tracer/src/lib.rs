@@ -26,6 +26,7 @@ pub mod reader;
 pub mod rings;
 pub mod session;
 pub mod snapshot;
+pub mod sockmap;
 pub mod stats;
 pub mod stream;
 pub mod top;

@@ -74,6 +74,8 @@ pub struct Live {
     tap: Option<Tap>,
     /// Anomaly detection, fed every applied event (see [`Live::enable_detection`]).
     pub detector: Option<Detector>,
+    /// Status lines go to stderr (false: the agent logs them).
+    announce: bool,
 }
 
 /// One detection round: when it ran, what it read from the host, what it found.
@@ -192,6 +194,7 @@ impl Live {
             closed: false,
             tap: None,
             detector: None,
+            announce: opts.announce,
         };
         live.refresh_kernel();
         Ok(live)
@@ -369,6 +372,18 @@ impl Live {
         }
         if let Some(reader) = self.reader.take() {
             Session::join_reader(reader).await?;
+        }
+        let late = self.probes.late_events();
+        if let Some(note) = crate::stream::late_note(late) {
+            // The agent's warnings go through `tracing`; the terminal commands print.
+            if self.announce {
+                eprintln!("tracer: {note}");
+            } else {
+                tracing::warn!(
+                    late_events = late,
+                    "events delivered out of timestamp order"
+                );
+            }
         }
         Ok(())
     }

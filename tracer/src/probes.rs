@@ -1,7 +1,13 @@
 //! Loading the kernel programs, handing them their configuration, attaching them, and reading
 //! their counters.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -17,6 +23,7 @@ use crate::{
     format::{self, Tracepoint},
     links::Links,
     loss::{LossCause, LossTotals},
+    sockmap::SockLists,
     tracefs::{Tracefs, TracefsError},
 };
 
@@ -115,6 +122,10 @@ pub struct Probes {
     links: Option<Links>,
     /// How many event rings the CPUs write.
     rings: usize,
+    /// The LRU lists of the kernel's socket map.
+    pub sock_lists: SockLists,
+    /// Events the reader delivered after later ones (see `merge`); the reader writes it.
+    late: Arc<AtomicU64>,
 }
 
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
@@ -235,7 +246,8 @@ impl Probes {
             })
             .ok();
 
-        let rings = crate::rings::active(aya::util::nr_cpus().unwrap_or(RINGS));
+        let cpus = aya::util::nr_cpus().ok();
+        let rings = crate::rings::active(cpus.unwrap_or(RINGS));
         let page = u32::try_from(procfs::page_size()).unwrap_or(4096);
         let ring_bytes = crate::rings::ring_bytes(opts.ring_bytes, rings, page);
         let mut loader = EbpfLoader::new();
@@ -244,7 +256,6 @@ impl Probes {
         }
         loader
             .override_global("CONFIG", &opts.config, true)
-            .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("LISTENERS", opts.max_listeners)
             .map_max_entries("PROCS", opts.max_processes);
         for (tp, layout) in &layouts {
@@ -262,6 +273,21 @@ impl Probes {
             loader.override_global("SKB_DEV", &sock.skb_dev, true);
             loader.override_global("DEV_NET", &sock.dev_net, true);
         }
+        // Without a CPU count the per-CPU share is unknown: keep the shared list.
+        let sock_lists = cpus.map_or(SockLists::Shared, |n| {
+            SockLists::choose(opts.max_sockets, n)
+        });
+        // The map not chosen is never used: the smallest size either kind accepts.
+        let unused = u32::try_from(cpus.unwrap_or(1).max(1)).unwrap_or(u32::MAX);
+        let (used, not_used) = match sock_lists {
+            SockLists::PerCpu => ("SOCKS_PCPU", "SOCKS"),
+            SockLists::Shared => ("SOCKS", "SOCKS_PCPU"),
+        };
+        let per_cpu = u32::from(sock_lists == SockLists::PerCpu);
+        loader
+            .override_global("SOCKS_PER_CPU", &per_cpu, true)
+            .map_max_entries(used, opts.max_sockets)
+            .map_max_entries(not_used, unused);
         let bytes_at_close = bytes_at_close(&layouts, sock_layout.as_ref(), &mut degraded);
         if let Some(b) = &bytes_at_close {
             loader.override_global("BYTES_AT_CLOSE", &1u32, true);
@@ -338,12 +364,25 @@ impl Probes {
             undelivered,
             links: Some(links),
             rings,
+            sock_lists,
+            late: Arc::default(),
         })
     }
 
     /// The programs' attachments, for the reader task to drop before its last drain.
     pub fn take_links(&mut self) -> Links {
         self.links.take().unwrap_or_default()
+    }
+
+    /// The counter the reader keeps of events it delivered late, out of timestamp order.
+    pub fn late_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.late)
+    }
+
+    /// Events delivered late so far: each reached the reader more than the merge's hold after
+    /// its time, when later events had already gone out.
+    pub fn late_events(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Takes out the rings this host's CPUs write, for the reader task.

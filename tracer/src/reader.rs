@@ -4,7 +4,15 @@
 //! channel. When the consumer falls behind, the channel fills, the kernel's rings fill, and the
 //! kernel counts what it drops: back-pressure never hides a loss.
 
-use std::{future::poll_fn, task::Poll, time::Duration};
+use std::{
+    future::poll_fn,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -30,13 +38,15 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 
 /// Reads until `cancel` fires, then detaches the programs (`links`), drains what is left and
 /// returns: after that last drain nothing can be written. `tick` makes the reader also drain on
-/// a timer: needed when the kernel suppresses wakeups (batched wakeup mode).
+/// a timer: needed when the kernel suppresses wakeups (batched wakeup mode). `late` follows the
+/// count of events delivered out of order (see [`Merge::late`]).
 pub async fn run(
     rings: Vec<RingBuf<MapData>>,
     links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
     tick: Option<Duration>,
+    late: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let mut rings = rings
         .into_iter()
@@ -58,20 +68,15 @@ pub async fn run(
             // Held events become due without any new record arriving.
             _ = tokio::time::sleep(HOLD), if !merge.is_empty() => {}
         }
-        if !drain(&mut rings, &mut merge, &tx, false).await {
+        let open = drain(&mut rings, &mut merge, &tx, false).await;
+        late.store(merge.late(), Ordering::Relaxed);
+        if !open {
             return Ok(());
         }
     }
     drop(links);
     drain(&mut rings, &mut merge, &tx, true).await;
-    if merge.late() > 0 {
-        eprintln!(
-            "tracer: {} events reached the reader more than {} ms after their time and were \
-             delivered after later ones (a CPU stalled while writing them)",
-            merge.late(),
-            HOLD.as_millis()
-        );
-    }
+    late.store(merge.late(), Ordering::Relaxed);
     Ok(())
 }
 

@@ -64,7 +64,8 @@ impl Session {
         let (tx, rx) = mpsc::channel::<Batch>(256);
         let tick = (wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
         let links = probes.take_links();
-        let reader = tokio::spawn(reader::run(rings, links, tx, cancel.clone(), tick));
+        let late = probes.late_counter();
+        let reader = tokio::spawn(reader::run(rings, links, tx, cancel.clone(), tick, late));
         Ok(Self {
             probes,
             rx,

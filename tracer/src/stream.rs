@@ -39,6 +39,8 @@ pub struct Summary {
     pub retransmit_events: u64,
     pub closed_connections: u64,
     pub losses: LossTotals,
+    /// Events delivered after later ones (see README, "Event order").
+    pub late: u64,
 }
 
 impl Summary {
@@ -60,8 +62,19 @@ impl Summary {
             self.closed_connections,
             self.losses.dropped(),
             self.losses.summary()
-        )
+        ) + &late_note(self.late).map_or(String::new(), |n| format!("; {n}"))
     }
+}
+
+/// How the stop summaries mention events delivered late: not at all when there were none.
+pub fn late_note(late: u64) -> Option<String> {
+    (late > 0).then(|| {
+        format!(
+            "{late} delivered late, after later events (their CPU stalled more than {} ms \
+             while writing them)",
+            crate::merge::HOLD.as_millis()
+        )
+    })
 }
 
 pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
@@ -103,6 +116,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
     };
     drop(rx);
     let read = Session::join_reader(reader).await;
+    summary.late = probes.late_events();
     let _ = probes.observe_losses(&mut summary.losses);
     let tail = out.report_losses(&mut summary.losses);
     // Everything queued is written before the summary.
@@ -192,5 +206,23 @@ async fn pump(
             }
             _ = cancel.cancelled() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_late_events_only_when_there_were_some() {
+        let mut s = Summary::default();
+        assert!(s.line().ends_with("output_queue_full=0)"), "{}", s.line());
+        s.late = 3;
+        assert!(
+            s.line()
+                .ends_with("; 3 delivered late, after later events (their CPU stalled more than 10 ms while writing them)"),
+            "{}",
+            s.line()
+        );
     }
 }

@@ -16,9 +16,21 @@ fn traced_exchange(
     server_extra: &[&str],
     client_extra: &[&str],
 ) -> (Run, u32, u32, Value, u16) {
+    traced_exchange_with(&[], addr, server_extra, client_extra)
+}
+
+/// [`traced_exchange`] with more tracer arguments.
+fn traced_exchange_with(
+    tracer_extra: &[&str],
+    addr: &str,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> (Run, u32, u32, Value, u16) {
     let port = port();
     let p = port.to_string();
-    let tracer = Tracer::start(&["--port", &p]);
+    let mut args = vec!["--port", &p];
+    args.extend_from_slice(tracer_extra);
+    let tracer = Tracer::start(&args);
     let server = exchange_server(addr, port, CLIENTS as u64, server_extra);
     let server_pid = server.pid();
     let (client_pid, summary) = exchange_clients(server, addr, port, CLIENTS as u64, client_extra);
@@ -85,9 +97,13 @@ fn assert_listener(listener: &[Life], pid: u32, addr: &str) {
     assert_eq!(listener[0].events[0]["saddr"], addr);
 }
 
-fn orderly_client_first(addr: &str, family: u64) {
-    let (run, server_pid, client_pid, summary, port) =
-        traced_exchange(addr, &[], &["--send", "1000", "--close", "normal"]);
+fn orderly_client_first(addr: &str, family: u64, tracer_extra: &[&str]) {
+    let (run, server_pid, client_pid, summary, port) = traced_exchange_with(
+        tracer_extra,
+        addr,
+        &[],
+        &["--send", "1000", "--close", "normal"],
+    );
     run.assert_no_loss();
     let (listener, children, clients) = split(&run, port);
     assert_listener(&listener, server_pid, addr);
@@ -138,14 +154,23 @@ fn orderly_client_first(addr: &str, family: u64) {
 #[test]
 fn orderly_close_from_client_ipv4() {
     if kernel_available("orderly_close_from_client_ipv4") {
-        orderly_client_first("127.0.0.1", 4);
+        orderly_client_first("127.0.0.1", 4, &[]);
     }
 }
 
 #[test]
 fn orderly_close_from_client_ipv6() {
     if kernel_available("orderly_close_from_client_ipv6") {
-        orderly_client_first("::1", 6);
+        orderly_client_first("::1", 6, &[]);
+    }
+}
+
+/// Below 16384 sockets per CPU the socket map keeps one LRU list for all CPUs instead of one
+/// per CPU (at the default size, hosts with more than 16 CPUs): attribution must not change.
+#[test]
+fn orderly_close_with_a_shared_socket_map_lru() {
+    if kernel_available("orderly_close_with_a_shared_socket_map_lru") {
+        orderly_client_first("127.0.0.1", 4, &["--max-sockets", "8192"]);
     }
 }
 

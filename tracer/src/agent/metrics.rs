@@ -96,6 +96,7 @@ pub struct Metrics {
     closes: Family<EndLabel, Counter>,
     lost: Family<CauseLabel, Counter>,
     events: Counter,
+    late: Counter,
     sent: Family<CommLabel, Counter>,
     received: Family<CommLabel, Counter>,
     listeners: Gauge,
@@ -180,6 +181,7 @@ impl Metrics {
             closes: Family::default(),
             lost: Family::default(),
             events: Counter::default(),
+            late: Counter::default(),
             sent: Family::default(),
             received: Family::default(),
             listeners: Gauge::default(),
@@ -305,6 +307,12 @@ impl Metrics {
             "Events applied to the aggregates",
             self.events.clone(),
         );
+        t.register(
+            "events_late",
+            "Events delivered after later ones: their CPU stalled longer than the reader's \
+             10 ms merge hold while writing them",
+            self.late.clone(),
+        );
         t.register_with_unit(
             "process_sent",
             "Application bytes sent, by command name (bounded: see --top)",
@@ -415,6 +423,7 @@ impl Metrics {
             advance(&self.lost.get_or_create(&labels), live.losses.total(c));
         }
         advance(&self.events, live.events);
+        advance(&self.late, live.probes.late_events());
         let table = agg.table();
         self.table_sockets.set(gauge(table.len() as u64));
         self.table_capacity.set(gauge(table.capacity as u64));

@@ -188,6 +188,7 @@ fn log_start(live: &Live) {
     info!(
         programs = %programs.join(","),
         recovery = live.probes.catcher,
+        socket_map_lru = live.probes.sock_lists.name(),
         "attached"
     );
     for d in &live.probes.degraded {

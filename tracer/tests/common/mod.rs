@@ -512,7 +512,11 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("tracer-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by a crashed run of this pid; normally there is none (quietly).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
         Self { name }
