@@ -344,14 +344,15 @@ impl Probes {
                 }),
             }
         }
-        let undelivered = open_undelivered(&tracefs)
+        let undelivered = open_undelivered(&tracefs, &opts.config.filter)
             .map_err(|why| {
                 degraded.push(Degraded {
                     feature: "counting transitions the kernel did not deliver",
                     reason: format!("perf counter unavailable: {why}"),
                 })
             })
-            .ok();
+            .ok()
+            .flatten();
         if let Some(u) = &undelivered {
             links.counters = u.handles().map_err(LoadError::Counter)?;
         }
@@ -520,13 +521,28 @@ impl Probes {
     }
 }
 
-/// The perf counter of `inet_sock_set_state` hits that bypassed the attached programs.
-fn open_undelivered(tracefs: &Tracefs) -> Result<crate::undelivered::Undelivered, String> {
+/// The perf counter of `inet_sock_set_state` hits that bypassed the attached programs and
+/// match `filter`; `None` when the filter wants no state event.
+fn open_undelivered(
+    tracefs: &Tracefs,
+    filter: &tracer_common::Filter,
+) -> Result<Option<crate::undelivered::Undelivered>, String> {
+    use crate::undelivered::{Undelivered, scope};
     let tp = Tracepoint::InetSockSetState;
     let id = tracefs
         .id(tp.category(), tp.name())
         .ok_or("no tracepoint id in tracefs")?;
-    crate::undelivered::Undelivered::open(id).map_err(|e| e.to_string())
+    let text = tracefs
+        .format(tp.category(), tp.name())
+        .map_err(|e| e.to_string())?
+        .ok_or("no format file in tracefs")?;
+    let format = format::parse(&text).map_err(|e| e.to_string())?;
+    let Some(filter) = scope(filter, &format)? else {
+        return Ok(None);
+    };
+    Undelivered::open(id, &filter)
+        .map(Some)
+        .map_err(|e| format!("{e} (filter `{filter}`)"))
 }
 
 fn attach_catcher(

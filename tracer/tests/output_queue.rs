@@ -10,16 +10,22 @@ use std::{
     io::Read,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
 use common::*;
 use serde_json::Value;
 
-/// Connections in the burst; each makes five transitions on either side: 10,002 records of
-/// 136 bytes, more than the rings hold together (7,710 with `--ring-size 1M`), so they must keep
-/// being drained while stdout is stalled.
-const CONNECTIONS: u64 = 1000;
+/// Connections in the burst; each makes five transitions on either side: 20,002 records of
+/// 136 bytes, more than the rings hold together (15,420 with `--ring-size 2M`), so they must keep
+/// being drained while stdout is stalled. The rings are large enough that a reader descheduled
+/// for a few milliseconds does not let them fill.
+const CONNECTIONS: u64 = 2000;
+
+/// The tests run one at a time: three tracers and three bursts on two cores would measure CPU
+/// contention, not the output queue.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// What a run with a stalled stdout printed, and its stop summary.
 struct Stalled {
@@ -27,19 +33,20 @@ struct Stalled {
     summary: String,
 }
 
-/// Runs `tracer ARGS --json --type state --port P --output-queue 16 --ring-size 1M` with
+/// Runs `tracer ARGS --json --type state --port P --output-queue 16 --ring-size 2M` with
 /// nobody reading its stdout while [`CONNECTIONS`] connections come and go, then stops it and
 /// reads everything it printed. `marker` is the stderr line that says it is running.
 fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
     if !kernel_available(test) {
         return None;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = port();
     let p = port.to_string();
     let mut child = Command::new(TRACER)
         .args(args)
         .args(["--json", "--type", "state", "--port", &p])
-        .args(["--output-queue", "16", "--ring-size", "1M"])
+        .args(["--output-queue", "16", "--ring-size", "2M"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -25,9 +25,10 @@ use report::Row;
 
 /// The test binaries (tracer/tests/*.rs) run on every kernel: the core (transitions,
 /// retransmits, owners, close records, lost-event accounting), bad input, aggregation, capture
-/// with anomalies, and the output queue. `anomaly` asks for a full-rate churn no emulated guest
-/// reaches, `capture`'s full-disk test needs that rate to fill its disk early, and `agent` and
-/// `top` need Prometheus and tmux: they run on the host only.
+/// with anomalies, the output queue, and the scope of the undelivered-transition counter.
+/// `anomaly` asks for a full-rate churn no emulated guest reaches, `capture`'s full-disk test
+/// needs that rate to fill its disk early, and `agent` and `top` need Prometheus and tmux: they
+/// run on the host only.
 const DEFAULT_TESTS: &[&str] = &[
     "transitions",
     "closes",
@@ -37,6 +38,7 @@ const DEFAULT_TESTS: &[&str] = &[
     "snapshot",
     "capture_anomalies",
     "output_queue",
+    "undelivered",
 ];
 
 #[derive(Args)]
