@@ -10,7 +10,6 @@ use std::{
     io::Read,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::Mutex,
     time::Duration,
 };
 
@@ -22,10 +21,6 @@ use serde_json::Value;
 /// being drained while stdout is stalled. The rings are large enough that a reader descheduled
 /// for a few milliseconds does not let them fill.
 const CONNECTIONS: u64 = 2000;
-
-/// The tests run one at a time: three tracers and three bursts on two cores would measure CPU
-/// contention, not the output queue.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// What a run with a stalled stdout printed, and its stop summary.
 struct Stalled {
@@ -40,7 +35,8 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
     if !kernel_available(test) {
         return None;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Three tracers and three bursts on two cores would measure CPU contention, not the queue.
+    let _serial = serial();
     let port = port();
     let p = port.to_string();
     let mut child = Command::new(TRACER)

@@ -8,6 +8,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
+        Mutex, MutexGuard,
         atomic::{AtomicU16, Ordering},
         mpsc,
     },
@@ -44,6 +45,15 @@ pub fn kernel_available(test: &str) -> bool {
     assert!(!ci(), "{test}: CI must run the real-kernel tests as root");
     eprintln!("\n!!! SKIPPED {test}: needs root and a BPF-capable kernel (run as root)\n");
     false
+}
+
+/// Held by a test that must not share the machine with the other tests of its binary: one
+/// that asserts host-wide counts (recursion misses cannot be attributed to a socket, so a
+/// neighbour's heavy traffic shows in them), or one whose timing two cores shared by several
+/// tracers would decide.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A port no other test in this run uses (each test binary gets its own range by pid).
