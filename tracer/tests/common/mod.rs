@@ -56,12 +56,43 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A port no other test in this run uses (each test binary gets its own range by pid).
+/// A port no other test in this run uses (each test binary gets its own range by pid) and no
+/// TCP socket of this network namespace holds on either side. Ranges of two binaries coincide
+/// when their pids do modulo 100 (in the kernel-matrix guests pids repeat run after run), and an
+/// earlier binary's TIME_WAIT sockets outlive it by 60 s.
 pub fn port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     // Below the ephemeral range (32768+), so no client socket can hold it.
     let base = 10_000 + (std::process::id() % 100) as u16 * 200;
-    base + NEXT.fetch_add(1, Ordering::Relaxed)
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 200, "no free test port in {base}..{}", base + 200);
+        if !ports_in_use().contains(&(base + n)) {
+            return base + n;
+        }
+    }
+}
+
+/// Local and remote ports of every TCP socket in this network namespace, TIME_WAIT included.
+fn ports_in_use() -> std::collections::HashSet<u16> {
+    let mut used = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // `sl local_address rem_address st ...`, addresses as HEXADDR:HEXPORT.
+            let mut cols = line.split_whitespace().skip(1);
+            for addr in [cols.next(), cols.next()].into_iter().flatten() {
+                if let Some(p) = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+                {
+                    used.insert(p);
+                }
+            }
+        }
+    }
+    used
 }
 
 /// `prefix... program`: a prefix such as [`Netns::exec`] runs the program inside a namespace.
