@@ -309,8 +309,11 @@ impl Metrics {
         );
         t.register(
             "events_late",
-            "Events delivered after later ones: their CPU stalled longer than the reader's \
-             10 ms merge hold while writing them",
+            format!(
+                "Events delivered after later ones: their CPU stalled longer than the reader's \
+                 {} ms merge hold while writing them",
+                crate::merge::HOLD.as_millis()
+            ),
             self.late.clone(),
         );
         t.register_with_unit(
