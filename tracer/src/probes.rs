@@ -192,6 +192,8 @@ impl Probes {
         let tracefs = Tracefs::ensure()?;
         let mut layouts: Vec<(Tracepoint, TpLayout)> = Vec::new();
         let mut degraded = Vec::new();
+        // Kept for the undelivered-hits counter, which filters on its fields.
+        let mut set_state_format = None;
         for tp in Tracepoint::ALL {
             if (tp == Tracepoint::TcpRetransmitSkb && !opts.retransmits)
                 || (tp.is_signal() && !opts.signals)
@@ -201,7 +203,13 @@ impl Probes {
             let layout = match tracefs.format(tp.category(), tp.name())? {
                 None => Err("not present in this kernel".to_owned()),
                 Some(text) => format::parse(&text)
-                    .and_then(|f| format::layout(tp, &f))
+                    .and_then(|f| {
+                        let layout = format::layout(tp, &f)?;
+                        if tp == Tracepoint::InetSockSetState {
+                            set_state_format = Some(f);
+                        }
+                        Ok(layout)
+                    })
                     .map_err(|e| format!("unusable format: {e}")),
             };
             match layout {
@@ -344,7 +352,10 @@ impl Probes {
                 }),
             }
         }
-        let undelivered = open_undelivered(&tracefs, &opts.config.filter)
+        let undelivered = set_state_format
+            .as_ref()
+            .ok_or_else(|| "no format of inet_sock_set_state".to_owned())
+            .and_then(|f| open_undelivered(f, &opts.config.filter))
             .map_err(|why| {
                 degraded.push(Degraded {
                     feature: "counting transitions the kernel did not deliver",
@@ -521,26 +532,18 @@ impl Probes {
     }
 }
 
-/// The perf counter of `inet_sock_set_state` hits that bypassed the attached programs and
-/// match `filter`; `None` when the filter wants no state event.
+/// The perf counter of `inet_sock_set_state` hits (whose `format` is given) that bypassed the
+/// attached programs and match `filter`; `None` when the filter wants no state event.
 fn open_undelivered(
-    tracefs: &Tracefs,
+    format: &format::Format,
     filter: &tracer_common::Filter,
 ) -> Result<Option<crate::undelivered::Undelivered>, String> {
     use crate::undelivered::{Undelivered, scope};
-    let tp = Tracepoint::InetSockSetState;
-    let id = tracefs
-        .id(tp.category(), tp.name())
-        .ok_or("no tracepoint id in tracefs")?;
-    let text = tracefs
-        .format(tp.category(), tp.name())
-        .map_err(|e| e.to_string())?
-        .ok_or("no format file in tracefs")?;
-    let format = format::parse(&text).map_err(|e| e.to_string())?;
-    let Some(filter) = scope(filter, &format)? else {
+    let id = format.id.ok_or("no tracepoint id in its format file")?;
+    let Some(filter) = scope(filter, format)? else {
         return Ok(None);
     };
-    Undelivered::open(id, &filter)
+    Undelivered::open(u64::from(id), &filter)
         .map(Some)
         .map_err(|e| format!("{e} (filter `{filter}`)"))
 }

@@ -79,17 +79,6 @@ impl Tracefs {
         &self.root
     }
 
-    /// The numeric id of a tracepoint (for perf events).
-    pub fn id(&self, category: &str, name: &str) -> Option<u64> {
-        let path = self
-            .root
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("id");
-        std::fs::read_to_string(path).ok()?.trim().parse().ok()
-    }
-
     /// The format file of a tracepoint, or `None` when this kernel does not have it.
     pub fn format(&self, category: &str, name: &str) -> Result<Option<String>, TracefsError> {
         let path = self

@@ -23,12 +23,12 @@ const OTHERS: u64 = 20;
 fn counter(filter: &Filter) -> Option<Undelivered> {
     let tracefs = Tracefs::ensure().expect("tracefs");
     let tp = Tracepoint::InetSockSetState;
-    let id = tracefs.id(tp.category(), tp.name()).expect("tracepoint id");
     let text = tracefs
         .format(tp.category(), tp.name())
         .expect("format")
         .expect("format file");
     let format = format::parse(&text).expect("parse format");
+    let id = u64::from(format.id.expect("tracepoint id"));
     let scope = scope(filter, &format).expect("scope")?;
     Some(Undelivered::open(id, &scope).unwrap_or_else(|e| panic!("open `{scope}`: {e}")))
 }
