@@ -355,7 +355,7 @@ impl Probes {
         let undelivered = set_state_format
             .as_ref()
             .ok_or_else(|| "no format of inet_sock_set_state".to_owned())
-            .and_then(|f| open_undelivered(f, &opts.config.filter))
+            .and_then(|f| crate::undelivered::open_scoped(f, &opts.config.filter))
             .map_err(|why| {
                 degraded.push(Degraded {
                     feature: "counting transitions the kernel did not deliver",
@@ -530,22 +530,6 @@ impl Probes {
         );
         Ok(())
     }
-}
-
-/// The perf counter of `inet_sock_set_state` hits (whose `format` is given) that bypassed the
-/// attached programs and match `filter`; `None` when the filter wants no state event.
-fn open_undelivered(
-    format: &format::Format,
-    filter: &tracer_common::Filter,
-) -> Result<Option<crate::undelivered::Undelivered>, String> {
-    use crate::undelivered::{Undelivered, scope};
-    let id = format.id.ok_or("no tracepoint id in its format file")?;
-    let Some(filter) = scope(filter, format)? else {
-        return Ok(None);
-    };
-    Undelivered::open(u64::from(id), &filter)
-        .map(Some)
-        .map_err(|e| format!("{e} (filter `{filter}`)"))
 }
 
 fn attach_catcher(

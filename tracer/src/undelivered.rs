@@ -116,6 +116,19 @@ pub fn disable(counters: &[OwnedFd]) {
     }
 }
 
+/// The counter of `sock:inet_sock_set_state` hits (whose `format` is given) that bypassed the
+/// attached programs and match `filter` (see [`scope`]); `None` when the filter wants no state
+/// event.
+pub fn open_scoped(format: &Format, filter: &Filter) -> Result<Option<Undelivered>, String> {
+    let id = format.id.ok_or("no tracepoint id in its format file")?;
+    let Some(filter) = scope(filter, format)? else {
+        return Ok(None);
+    };
+    Undelivered::open(u64::from(id), &filter)
+        .map(Some)
+        .map_err(|e| format!("{e} (filter `{filter}`)"))
+}
+
 /// The tracefs filter for the counter of `sock:inet_sock_set_state` (whose `format` is given):
 /// TCP, and the criteria of `filter` that are fields of the tracepoint (family, ports, states),
 /// matched as the programs match them. Owners and addresses are not such fields, so with

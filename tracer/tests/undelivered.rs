@@ -11,7 +11,7 @@ use common::*;
 use tracer::{
     format::{self, Tracepoint},
     tracefs::Tracefs,
-    undelivered::{Undelivered, scope},
+    undelivered::{Undelivered, open_scoped},
 };
 use tracer_common::{AF_INET, AF_INET6, EventKind, Filter, state};
 
@@ -28,9 +28,7 @@ fn counter(filter: &Filter) -> Option<Undelivered> {
         .expect("format")
         .expect("format file");
     let format = format::parse(&text).expect("parse format");
-    let id = u64::from(format.id.expect("tracepoint id"));
-    let scope = scope(filter, &format).expect("scope")?;
-    Some(Undelivered::open(id, &scope).unwrap_or_else(|e| panic!("open `{scope}`: {e}")))
+    open_scoped(&format, filter).unwrap_or_else(|e| panic!("open the counter: {e}"))
 }
 
 fn filter(flags: u32, set: impl FnOnce(&mut Filter)) -> Filter {
