@@ -85,6 +85,8 @@ fn recorded_anomalies_replay_exactly_and_are_detected_again_offline() {
     if !kernel_available("recorded_anomalies_replay_exactly_and_are_detected_again_offline") {
         return;
     }
+    // Recursion misses are counted host-wide: the other test's traffic must not add any.
+    let _serial = serial();
     let ns = Netns::new("capanom");
     let dir = workdir("rec");
     let file = dir.join("cap.trc");
@@ -141,6 +143,8 @@ fn the_flight_recorder_dump_holds_the_anomaly_that_triggered_it() {
     if !kernel_available("the_flight_recorder_dump_holds_the_anomaly_that_triggered_it") {
         return;
     }
+    // Recursion misses are counted host-wide: the other test's traffic must not add any.
+    let _serial = serial();
     let ns = Netns::new("flanom");
     let dir = workdir("flight");
     let addr = format!("127.0.0.1:{}", port());
