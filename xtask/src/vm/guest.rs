@@ -26,10 +26,13 @@ pub fn body(tracer: &str, tests: &[(String, String)], timeout: u64) -> String {
         "{tracer} stream --anomalies --duration 1 --port 1 2>&1 >/dev/null | \
          while IFS= read -r l; do say probe \"$l\"; done\n"
     );
+    // After a failure, the kernel's last messages: `quiet` hides the info-level ones that
+    // explain a socket the kernel dropped (too many orphans, TCP memory pressure).
     for (name, path) in tests {
         s += &format!(
-            "say test-begin {name}\ntimeout {timeout} {path} --test-threads=2 2>&1\n\
-             say test-end {name} $?\n"
+            "say test-begin {name}\ntimeout {timeout} {path} --test-threads=2 2>&1\nrc=$?\n\
+             [ $rc -eq 0 ] || dmesg | tail -n 40 | while IFS= read -r l; do say kernel \"$l\"; \
+             done\nsay test-end {name} $rc\n"
         );
     }
     for f in FORMATS {
@@ -229,6 +232,7 @@ mod tests {
             "running 2 tests",
             "test a ... ok",
             "test b ... FAILED",
+            "@@vm kernel [ 12.3] TCP: too many orphaned sockets",
             "@@vm test-end transitions 101",
             "@@vm test-begin closes",
             "test c ... ok",
