@@ -32,10 +32,17 @@ pub enum Counter {
     NestedRetransmit = 5,
     /// The per-process traffic map refused an update: bytes of that process were not counted.
     ProcMapFull = 6,
+    /// Marks the catchers found: handled hits the catcher also ran for. Written less taken is
+    /// the hits whose catcher run the kernel skipped although the classic program ran. Read
+    /// before `MarksWritten` (index order), so a hit between the reads never makes it negative.
+    MarksTaken = 7,
+    /// Transitions and retransmissions the classic programs handled (each leaves a mark for
+    /// the catcher).
+    MarksWritten = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
@@ -44,6 +51,8 @@ impl Counter {
         Self::Nested,
         Self::NestedRetransmit,
         Self::ProcMapFull,
+        Self::MarksTaken,
+        Self::MarksWritten,
     ];
 }
 

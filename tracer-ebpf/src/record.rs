@@ -2,7 +2,9 @@
 //! catcher reads.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
-use tracer_common::{AF_INET, AF_INET6, FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
+use tracer_common::{AF_INET, AF_INET6, Counter, FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
+
+use crate::maps::count;
 
 /// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
 /// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
@@ -82,22 +84,34 @@ impl Slot {
         self.marks[victim] = mark;
         self.seqs[victim] = now;
         self.next_seq = now.wrapping_add(1);
+        count(Counter::MarksWritten);
     }
 
-    /// Whether the classic program handled this transition; consumes the mark.
+    /// Whether the classic program handled this transition; consumes one mark, the newest. A
+    /// socket address is soon reused for the same transition, so an older identical mark is
+    /// one whose catcher run the kernel skipped: it stays, and keeps counting as a handled hit
+    /// in the skipped-catcher accounting (written less taken), until it expires.
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
         let now = self.next_seq;
-        let mut found = false;
+        let mut found = MARKS;
+        let mut newest = 0u64;
         let mut i = 0;
         while i < MARKS {
-            if self.marks[i] == mark && now.wrapping_sub(self.seqs[i]) <= MARK_TTL {
-                self.marks[i] = 0;
-                found = true;
+            let age = now.wrapping_sub(self.seqs[i]);
+            if self.marks[i] == mark && age <= MARK_TTL && (found == MARKS || age < newest) {
+                found = i;
+                newest = age;
             }
             i += 1;
         }
-        found
+        if found < MARKS {
+            self.marks[found] = 0;
+            count(Counter::MarksTaken);
+            true
+        } else {
+            false
+        }
     }
 }
 

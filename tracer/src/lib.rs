@@ -23,6 +23,7 @@ pub mod owners;
 pub mod privileges;
 pub mod probes;
 pub mod reader;
+pub mod recursion;
 pub mod rings;
 pub mod session;
 pub mod snapshot;

@@ -15,11 +15,14 @@ pub struct Links {
     pub(crate) counters: Vec<OwnedFd>,
 }
 
-/// Dropping stops the counters, then detaches the catchers and the classic programs.
+/// Dropping stops the counters, then detaches the classic programs and the catchers, in that
+/// order: a catcher without its classic program records every hit, while a classic program
+/// without its catcher would leave marks no catcher takes, which count as catcher skips of
+/// handled hits and would hide real losses (see `recursion`).
 impl Drop for Links {
     fn drop(&mut self) {
         crate::undelivered::disable(&self.counters);
-        self.raw.clear();
         self.classic.clear();
+        self.raw.clear();
     }
 }

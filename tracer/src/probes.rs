@@ -23,6 +23,7 @@ use crate::{
     format::{self, Tracepoint},
     links::Links,
     loss::{LossCause, LossTotals},
+    recursion::CatcherSkips,
     sockmap::SockLists,
     tracefs::{Tracefs, TracefsError},
 };
@@ -116,6 +117,8 @@ pub struct Probes {
     pub degraded: Vec<Degraded>,
     /// Whether the raw-tracepoint catcher of nested transitions is attached.
     pub catcher: bool,
+    /// Marks written and not taken when the catchers were attached (see `recursion`).
+    marks_baseline: u64,
     /// Counter of transitions the kernel did not hand to our programs.
     undelivered: Option<crate::undelivered::Undelivered>,
     /// Until the reader task takes them; dropped with the probes otherwise.
@@ -329,6 +332,7 @@ impl Probes {
             attached.push(*tp);
         }
         let mut catcher = false;
+        let mut marks_baseline = 0;
         if sock_layout.is_some() {
             let catchers = attached.iter().map(|&tp| match tp {
                 Tracepoint::InetSockSetState => Some((CATCHER, tp)),
@@ -343,6 +347,9 @@ impl Probes {
                 Ok(raw) => {
                     links.raw = raw;
                     catcher = true;
+                    let c = sum_counters(&ebpf)?;
+                    marks_baseline = c[Counter::MarksWritten as usize]
+                        .saturating_sub(c[Counter::MarksTaken as usize]);
                 }
                 Err(e) => degraded.push(Degraded {
                     feature: RECOVERY,
@@ -373,6 +380,7 @@ impl Probes {
             attached,
             degraded,
             catcher,
+            marks_baseline,
             undelivered,
             links: Some(links),
             rings,
@@ -448,23 +456,7 @@ impl Probes {
 
     /// Sums of the per-CPU counters.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], LoadError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(LoadError::MissingMap("COUNTERS"))?;
-        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
-        let mut out = [0u64; Counter::COUNT as usize];
-        for c in Counter::ALL {
-            let values = arr.get(&(c as u32), 0).map_err(|source| LoadError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
-            out[c as usize] = values.iter().sum();
-        }
-        Ok(out)
+        sum_counters(&self.ebpf)
     }
 
     /// Application bytes per process (tgid) since the programs were attached.
@@ -495,6 +487,20 @@ impl Probes {
             .collect())
     }
 
+    /// Runs of the attached catchers the kernel skipped; `None` without catchers.
+    fn catchers_skipped(&self) -> Option<u64> {
+        self.catcher.then(|| {
+            [CATCHER, RETRANSMIT_CATCHER]
+                .iter()
+                .filter_map(|name| {
+                    let fd = self.ebpf.program(name)?.fd().ok()?;
+                    prog_stats(fd.as_fd().as_raw_fd())
+                })
+                .map(|s| s.recursion_misses)
+                .sum()
+        })
+    }
+
     /// Run-time statistics of each attached program (run time needs `kernel.bpf_stats_enabled`).
     pub fn program_stats(&self) -> Vec<(Tracepoint, ProgStats)> {
         self.attached
@@ -509,6 +515,11 @@ impl Probes {
 
     /// Folds the kernel's loss counters into `totals`.
     pub fn observe_losses(&self, totals: &mut LossTotals) -> Result<(), LoadError> {
+        // Skips are read before what makes up for them (the catchers' records, the marks): a
+        // hit between the reads then shows as made up for, never as lost, and the totals only
+        // ever grow.
+        let stats = self.program_stats();
+        let catchers_skipped = self.catchers_skipped();
         let c = self.counters()?;
         totals.observe(LossCause::RingbufFull, c[Counter::RingbufFull as usize]);
         totals.observe(LossCause::SockMapFull, c[Counter::SockMapFull as usize]);
@@ -520,16 +531,58 @@ impl Probes {
         if let Some(u) = &self.undelivered {
             totals.observe(LossCause::KernelUndelivered, u.count());
         }
+        let misses = |tp| {
+            stats
+                .iter()
+                .filter(|(t, _)| *t == tp)
+                .map(|(_, s)| s.recursion_misses)
+                .sum::<u64>()
+        };
+        let catchers = catchers_skipped.map(|skipped| {
+            CatcherSkips::new(
+                skipped,
+                c[Counter::MarksWritten as usize],
+                c[Counter::MarksTaken as usize],
+                self.marks_baseline,
+            )
+        });
         totals.observe(
             LossCause::RecursionMiss,
-            lost_to_recursion(
-                &self.program_stats(),
-                c[Counter::Nested as usize],
-                c[Counter::NestedRetransmit as usize],
+            crate::recursion::lost(
+                (
+                    misses(Tracepoint::InetSockSetState),
+                    misses(Tracepoint::TcpRetransmitSkb),
+                ),
+                (
+                    c[Counter::Nested as usize],
+                    c[Counter::NestedRetransmit as usize],
+                ),
+                catchers,
             ),
         );
         Ok(())
     }
+}
+
+/// Sums of the per-CPU counters of a loaded object.
+fn sum_counters(ebpf: &Ebpf) -> Result<[u64; Counter::COUNT as usize], LoadError> {
+    let map = ebpf
+        .map("COUNTERS")
+        .ok_or(LoadError::MissingMap("COUNTERS"))?;
+    let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| LoadError::Map {
+        name: "COUNTERS",
+        source,
+    })?;
+    let mut out = [0u64; Counter::COUNT as usize];
+    // In index order, which puts taken marks before written ones (see `Counter`).
+    for c in Counter::ALL {
+        let values = arr.get(&(c as u32), 0).map_err(|source| LoadError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        out[c as usize] = values.iter().sum();
+    }
+    Ok(out)
 }
 
 fn attach_catcher(
@@ -544,25 +597,6 @@ fn attach_catcher(
     prog.load()?;
     let id = prog.attach(tp.name())?;
     prog.take_link(id)
-}
-
-/// Events lost to recursion: every skipped run of an event-producing program, less the skipped
-/// transitions the catcher recorded (each of those is exactly one skipped classic run).
-/// Skipped runs of the send/recv programs lose no event, only a chance to learn an owner.
-pub fn lost_to_recursion(
-    stats: &[(Tracepoint, ProgStats)],
-    caught_states: u64,
-    caught_retransmits: u64,
-) -> u64 {
-    let misses = |tp| {
-        stats
-            .iter()
-            .filter(|(t, _)| *t == tp)
-            .map(|(_, s)| s.recursion_misses)
-            .sum::<u64>()
-    };
-    misses(Tracepoint::InetSockSetState).saturating_sub(caught_states)
-        + misses(Tracepoint::TcpRetransmitSkb).saturating_sub(caught_retransmits)
 }
 
 /// The prefix of `struct bpf_attr` used by `BPF_OBJ_GET_INFO_BY_FD`.

@@ -56,7 +56,7 @@ fn a_full_ring_buffer_is_accounted_exactly() {
     let summary = run
         .stderr
         .lines()
-        .find(|l| l.contains(" events ("))
+        .find(|l| is_summary(l))
         .expect("summary line");
     assert!(
         summary.contains(&format!("; lost {lost} (ringbuf_full={lost} ")),

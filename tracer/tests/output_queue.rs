@@ -26,6 +26,8 @@ const CONNECTIONS: u64 = 2000;
 struct Stalled {
     records: Vec<Value>,
     summary: String,
+    /// When the tracer was told to stop (RFC 3339, as the records' `time`).
+    stopped: String,
 }
 
 /// Runs `tracer ARGS --json --type state --port P --output-queue 16 --ring-size 2M` with
@@ -62,6 +64,7 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
     exchange_clients(server, "127.0.0.1", port, CONNECTIONS, &[]);
     wait_closed(port);
 
+    let stopped = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut text = String::new();
@@ -71,7 +74,7 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
     assert!(status.success(), "{status}: {lines:?}");
     let summary = lines
         .iter()
-        .find(|l| l.contains(" events ("))
+        .find(|l| is_summary(l))
         .unwrap_or_else(|| panic!("no summary in {lines:?}"))
         .clone();
     eprintln!("{test}: {summary}");
@@ -79,7 +82,11 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l}: {e}")))
         .collect();
-    Some(Stalled { records, summary })
+    Some(Stalled {
+        records,
+        summary,
+        stopped,
+    })
 }
 
 /// `lost` records' counts, per cause.
@@ -100,14 +107,65 @@ fn kernel_side(summary: &str) -> u64 {
         + summary_loss(summary, "decode_error")
 }
 
+/// The captured lives (a socket address is reused: a life ends at `-> CLOSE`) that are not the
+/// five transitions of a connection or the two of the listener, each transition with its time:
+/// where a transition went missing.
+fn incomplete_lives(states: &[&Value]) -> String {
+    let mut open: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut odd = Vec::new();
+    let complete = |life: &[String]| {
+        life.len() == 5 || life.len() == 2 && life[0].starts_with("CLOSE->LISTEN@")
+    };
+    for s in states {
+        let sk = s["sk"].as_str().unwrap_or("?");
+        let new = s["new_state"].as_str().unwrap_or("?");
+        let life = open.entry(sk).or_default();
+        life.push(format!(
+            "{}->{new}@{}",
+            s["old_state"].as_str().unwrap_or("?"),
+            s["time"].as_str().unwrap_or("?")
+        ));
+        if new == "CLOSE" {
+            let life = open.remove(sk).unwrap_or_default();
+            if !complete(&life) {
+                odd.push(format!("{sk}: {}", life.join(" ")));
+            }
+        }
+    }
+    odd.extend(
+        open.into_iter()
+            .map(|(sk, life)| format!("{sk} (not closed): {}", life.join(" "))),
+    );
+    if odd.is_empty() {
+        "none".into()
+    } else {
+        odd.join("; ")
+    }
+}
+
 /// The burst's transitions: listener open and close, then five per side per connection.
 const GENERATED: u64 = 2 + 10 * CONNECTIONS;
+
+/// The transitions the kernel made: [`GENERATED`], and two for each connection beyond the
+/// burst's that closed. When the final ACK of a handshake and the first data segment are
+/// processed on two CPUs at once, the kernel creates two children and closes the loser in
+/// SYN_RECV (`LISTEN -> SYN_RECV -> CLOSE`); seen once in about fifty runs in a TCG guest.
+fn made(summary: &str) -> u64 {
+    let closed: u64 = summary
+        .split_once("connections closed ")
+        .and_then(|(_, rest)| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no closed connections in {summary}"));
+    GENERATED + 2 * closed.saturating_sub(2 * CONNECTIONS)
+}
 
 /// Every transition of the burst was printed or counted as `output_queue_full` (in-band and in
 /// the summary alike), the stall dropped some, the ring never filled, and what was printed is
 /// in order. Returns the printed state records.
-fn assert_exact(run: &Stalled) -> Vec<&Value> {
-    let Stalled { records, summary } = run;
+fn assert_exact<'a>(run: &'a Stalled, context: &str) -> Vec<&'a Value> {
+    let Stalled {
+        records, summary, ..
+    } = run;
     let states: Vec<&Value> = records.iter().filter(|r| r["type"] == "state").collect();
     let lost = lost_by_cause(records);
     let queue_full = lost.get("output_queue_full").copied().unwrap_or(0);
@@ -117,8 +175,8 @@ fn assert_exact(run: &Stalled) -> Vec<&Value> {
     assert!(queue_full > 0, "the stall dropped nothing: {summary}");
     assert_eq!(
         states.len() as u64 + queue_full + kernel_side(summary),
-        GENERATED,
-        "{} printed, {lost:?} lost; {summary}",
+        made(summary),
+        "{} printed, {lost:?} lost; {summary}{context}",
         states.len()
     );
     // Printed in order: each socket's transitions in kernel time order.
@@ -141,7 +199,7 @@ fn stalled_stdout_loses_to_the_output_queue_exactly() {
     ) else {
         return;
     };
-    assert_exact(&run);
+    assert_exact(&run, "");
 }
 
 #[test]
@@ -153,7 +211,7 @@ fn stalled_stdout_with_anomalies_loses_to_the_output_queue_exactly() {
     ) else {
         return;
     };
-    assert_exact(&run);
+    assert_exact(&run, "");
 }
 
 #[test]
@@ -170,8 +228,6 @@ fn stalled_record_print_loses_printed_events_only() {
     ) else {
         return;
     };
-    let printed = assert_exact(&run);
-
     // The capture holds every transition, the ones the printer dropped included, and none of
     // its loss records is the printer's.
     let replay = Command::new(TRACER)
@@ -191,10 +247,16 @@ fn stalled_record_print_loses_printed_events_only() {
     let stored = lost_by_cause(&replayed);
     assert!(!stored.contains_key("output_queue_full"), "{stored:?}");
     let replayed: Vec<&Value> = replayed.iter().filter(|r| r["type"] == "state").collect();
+    let context = format!(
+        "; stopped at {}; incomplete lives in the capture: {}",
+        run.stopped,
+        incomplete_lives(&replayed)
+    );
+    let printed = assert_exact(&run, &context);
     assert_eq!(
         replayed.len() as u64 + kernel_side(&run.summary),
-        GENERATED,
-        "{} replayed; {}",
+        made(&run.summary),
+        "{} replayed; {}{context}",
         replayed.len(),
         run.summary
     );

@@ -300,7 +300,7 @@ impl Run {
         let summary = self
             .stderr
             .lines()
-            .find(|l| l.contains(" events ("))
+            .find(|l| is_summary(l))
             .expect("summary line");
         assert!(summary.contains("; lost 0 ("), "{summary}");
     }
@@ -653,6 +653,15 @@ pub fn wait_until<T, E>(
             Err(_) => std::thread::sleep(every),
         }
     }
+}
+
+/// Whether `line` is a tracer's stop summary (`tracer: N events (state N, ...); lost N (...)`),
+/// not one of the notes printed beside it, which may also mention events.
+pub fn is_summary(line: &str) -> bool {
+    line.strip_prefix("tracer: ").is_some_and(|rest| {
+        rest.split_once(" events (state ")
+            .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
+    })
 }
 
 /// `cause=N` from a tracer's stop summary line.
