@@ -87,10 +87,11 @@ impl Slot {
         count(Counter::MarksWritten);
     }
 
-    /// Whether the classic program handled this transition; consumes one mark, the newest. A
-    /// socket address is soon reused for the same transition, so an older identical mark is
-    /// one whose catcher run the kernel skipped: it stays, and keeps counting as a handled hit
-    /// in the skipped-catcher accounting (written less taken), until it expires.
+    /// Whether the classic program handled this transition; consumes the newest identical
+    /// mark. Older identical ones are left by catcher runs the kernel skipped (a socket address
+    /// is soon reused for the same transition): they are cleared too, so that they cannot pass
+    /// a later skipped transition off as handled, but not counted as taken, so that they still
+    /// count as handled hits whose catcher was skipped (written less taken).
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
         let now = self.next_seq;
@@ -99,14 +100,16 @@ impl Slot {
         let mut i = 0;
         while i < MARKS {
             let age = now.wrapping_sub(self.seqs[i]);
-            if self.marks[i] == mark && age <= MARK_TTL && (found == MARKS || age < newest) {
-                found = i;
-                newest = age;
+            if self.marks[i] == mark {
+                if age <= MARK_TTL && (found == MARKS || age < newest) {
+                    found = i;
+                    newest = age;
+                }
+                self.marks[i] = 0;
             }
             i += 1;
         }
         if found < MARKS {
-            self.marks[found] = 0;
             count(Counter::MarksTaken);
             true
         } else {

@@ -700,7 +700,11 @@ pub fn summary_loss(summary: &str, cause: &str) -> u64 {
     summary
         .split_whitespace()
         .find_map(|w| w.trim_start_matches('(').strip_prefix(&key))
-        .and_then(|v| v.trim_end_matches(')').parse().ok())
+        // The value may be followed by `)`, `);` and a note (events delivered late).
+        .and_then(|v| {
+            let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+            v[..digits].parse().ok()
+        })
         .unwrap_or_else(|| panic!("no {cause} in {summary}"))
 }
 
