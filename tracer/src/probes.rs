@@ -492,10 +492,7 @@ impl Probes {
         self.catcher.then(|| {
             [CATCHER, RETRANSMIT_CATCHER]
                 .iter()
-                .filter_map(|name| {
-                    let fd = self.ebpf.program(name)?.fd().ok()?;
-                    prog_stats(fd.as_fd().as_raw_fd())
-                })
+                .filter_map(|name| self.stats_of(name))
                 .map(|s| s.recursion_misses)
                 .sum()
         })
@@ -505,12 +502,14 @@ impl Probes {
     pub fn program_stats(&self) -> Vec<(Tracepoint, ProgStats)> {
         self.attached
             .iter()
-            .filter_map(|&tp| {
-                let prog = self.ebpf.program(tp.name())?;
-                let fd = prog.fd().ok()?;
-                prog_stats(fd.as_fd().as_raw_fd()).map(|s| (tp, s))
-            })
+            .filter_map(|&tp| self.stats_of(tp.name()).map(|s| (tp, s)))
             .collect()
+    }
+
+    /// Run-time statistics of the loaded program `name`.
+    fn stats_of(&self, name: &str) -> Option<ProgStats> {
+        let fd = self.ebpf.program(name)?.fd().ok()?;
+        prog_stats(fd.as_fd().as_raw_fd())
     }
 
     /// Folds the kernel's loss counters into `totals`.

@@ -53,11 +53,7 @@ fn a_full_ring_buffer_is_accounted_exactly() {
         printed < 100,
         "a page cannot hold {printed} records; the reader was not stopped"
     );
-    let summary = run
-        .stderr
-        .lines()
-        .find(|l| is_summary(l))
-        .expect("summary line");
+    let summary = run.summary();
     assert!(
         summary.contains(&format!("; lost {lost} (ringbuf_full={lost} ")),
         "{summary}"

@@ -107,35 +107,25 @@ fn kernel_side(summary: &str) -> u64 {
         + summary_loss(summary, "decode_error")
 }
 
-/// The captured lives (a socket address is reused: a life ends at `-> CLOSE`) that are not the
-/// five transitions of a connection or the two of the listener, each transition with its time:
-/// where a transition went missing.
-fn incomplete_lives(states: &[&Value]) -> String {
-    let mut open: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut odd = Vec::new();
-    let complete = |life: &[String]| {
-        life.len() == 5 || life.len() == 2 && life[0].starts_with("CLOSE->LISTEN@")
-    };
-    for s in states {
-        let sk = s["sk"].as_str().unwrap_or("?");
-        let new = s["new_state"].as_str().unwrap_or("?");
-        let life = open.entry(sk).or_default();
-        life.push(format!(
-            "{}->{new}@{}",
-            s["old_state"].as_str().unwrap_or("?"),
-            s["time"].as_str().unwrap_or("?")
-        ));
-        if new == "CLOSE" {
-            let life = open.remove(sk).unwrap_or_default();
-            if !complete(&life) {
-                odd.push(format!("{sk}: {}", life.join(" ")));
+/// The captured lives that are not the five transitions of a connection that closed or the
+/// two of the listener, each transition with its time: where a transition went missing.
+fn incomplete_lives(records: &[Value]) -> String {
+    let odd: Vec<String> = lives(records)
+        .into_iter()
+        .filter_map(|life| {
+            let t = life.transitions();
+            let closed = t.last().is_some_and(|t| t.ends_with("->CLOSE"));
+            if closed && (t.len() == 5 || t.len() == 2 && t[0] == "CLOSE->LISTEN") {
+                return None;
             }
-        }
-    }
-    odd.extend(
-        open.into_iter()
-            .map(|(sk, life)| format!("{sk} (not closed): {}", life.join(" "))),
-    );
+            let timed: Vec<String> = t
+                .iter()
+                .zip(&life.events)
+                .map(|(t, e)| format!("{t}@{}", e["time"].as_str().unwrap_or("?")))
+                .collect();
+            Some(format!("{}: {}", life.sk, timed.join(" ")))
+        })
+        .collect();
     if odd.is_empty() {
         "none".into()
     } else {
@@ -246,12 +236,12 @@ fn stalled_record_print_loses_printed_events_only() {
         .collect();
     let stored = lost_by_cause(&replayed);
     assert!(!stored.contains_key("output_queue_full"), "{stored:?}");
-    let replayed: Vec<&Value> = replayed.iter().filter(|r| r["type"] == "state").collect();
     let context = format!(
         "; stopped at {}; incomplete lives in the capture: {}",
         run.stopped,
         incomplete_lives(&replayed)
     );
+    let replayed: Vec<&Value> = replayed.iter().filter(|r| r["type"] == "state").collect();
     let printed = assert_exact(&run, &context);
     assert_eq!(
         replayed.len() as u64 + kernel_side(&run.summary),

@@ -290,6 +290,14 @@ impl Run {
         self.events.iter().filter(|e| e["type"] == t).collect()
     }
 
+    /// The stop summary line.
+    pub fn summary(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| is_summary(l))
+            .expect("summary line")
+    }
+
     /// Asserts the stop summary reports no lost events at all.
     pub fn assert_no_loss(&self) {
         assert!(
@@ -297,11 +305,7 @@ impl Run {
             "lost records: {:?}",
             self.lost_records()
         );
-        let summary = self
-            .stderr
-            .lines()
-            .find(|l| is_summary(l))
-            .expect("summary line");
+        let summary = self.summary();
         assert!(summary.contains("; lost 0 ("), "{summary}");
     }
 
@@ -318,11 +322,7 @@ impl Run {
             .filter(|r| !HOST_WIDE.iter().any(|c| r["cause"] == *c))
             .collect();
         assert!(own.is_empty(), "lost records: {own:?}");
-        let summary = self
-            .stderr
-            .lines()
-            .find(|l| is_summary(l))
-            .expect("summary line");
+        let summary = self.summary();
         for cause in [
             "ringbuf_full",
             "sock_map_full",
