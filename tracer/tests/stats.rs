@@ -100,7 +100,7 @@ fn counts_built_from_transitions_equal_ss() {
     }
     // Asserts zero loss, which counts recursion misses host-wide: not beside the bulk transfer.
     let _serial = serial();
-    let ns = Netns::new("stx");
+    let ns = Netns::new("stx").without_tw_reuse();
     let tracer = stats_in(&ns);
     let mut states = Proc::spawn(
         &ns.exec(),
@@ -181,7 +181,7 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
         return;
     }
     let _serial = serial();
-    let ns = Netns::new("sts");
+    let ns = Netns::new("sts").without_tw_reuse();
     let mut states = Proc::spawn(
         &ns.exec(),
         &[

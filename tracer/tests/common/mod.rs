@@ -598,6 +598,23 @@ impl Netns {
         vec!["ip", "netns", "exec", &self.name]
     }
 
+    /// Sets a per-namespace sysctl (`path` under /proc/sys, such as `net/ipv4/tcp_tw_reuse`).
+    pub fn sysctl(&self, path: &str, value: &str) {
+        let script = format!("echo {value} > /proc/sys/{path}");
+        sh(&["ip", "netns", "exec", &self.name, "sh", "-c", &script]);
+    }
+
+    /// Keeps `connect()` from taking over the port of a timewait socket (loopback allows it by
+    /// default, `tcp_tw_reuse=2`). For workloads that hold exact state counts: before Linux
+    /// 6.11 (and its stable backports) even an orphan's FIN_WAIT2 timewait socket is taken
+    /// over, and the new SYN resets the peer's CLOSE_WAIT socket, so a pair silently vanishes
+    /// once the port search wraps around the ephemeral range (Debian 5.10, a few thousand
+    /// connects).
+    pub fn without_tw_reuse(self) -> Self {
+        self.sysctl("net/ipv4/tcp_tw_reuse", "0");
+        self
+    }
+
     pub fn nft(&self, ruleset: &str) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name, "nft", "-f", "-"])

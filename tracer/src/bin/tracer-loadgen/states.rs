@@ -6,6 +6,10 @@
 //! FIN_WAIT2); N connections both closed, client first (client TIME_WAIT); and `--pending N`
 //! connections left unaccepted in the listen queue. Exactly N bytes of `--send` go each way
 //! of every ESTABLISHED pair.
+//!
+//! For exact counts run it with `net.ipv4.tcp_tw_reuse=0` (in a namespace of its own): once
+//! the ephemeral port search wraps, a connect may take over a timewait socket's port, which
+//! removes a TIME_WAIT and, before Linux 6.11, even a FIN_WAIT2 orphan with its CLOSE_WAIT peer.
 
 use std::{
     io::{Read, Write},
