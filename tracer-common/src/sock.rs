@@ -6,6 +6,11 @@ use crate::COMM_LEN;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockInfo {
+    /// The key again. The send/recv programs write through a looked-up pointer outside the
+    /// socket lock; if a reset deletes the key meanwhile, the map hands the element to the
+    /// next socket at once (preallocated maps recycle without an RCU grace period), and only
+    /// this field tells them the element is no longer theirs.
+    pub sk: u64,
     /// Time of the last state transition (CLOCK_MONOTONIC ns); 0 when none was seen.
     pub last_ts: u64,
     /// When the connection started (CLOSE -> SYN_SENT, or LISTEN -> SYN_RECV); 0 when unseen.
@@ -28,8 +33,9 @@ pub struct SockInfo {
 }
 
 impl SockInfo {
-    pub const fn new(pid: u32, comm: [u8; COMM_LEN], owner_src: u8) -> Self {
+    pub const fn new(sk: u64, pid: u32, comm: [u8; COMM_LEN], owner_src: u8) -> Self {
         Self {
+            sk,
             last_ts: 0,
             start_ts: 0,
             bytes_sent: 0,
@@ -45,7 +51,7 @@ impl SockInfo {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
 
 /// Value of the per-process traffic map, keyed by tgid: application bytes the process moved
 /// over TCP, whichever socket it used. Updated in process context on every send/recv.

@@ -450,7 +450,7 @@ fn track_owner(s: &mut Slot, now: u64) {
         None => {
             ev.netns = sock_netns(sk);
             if new != state::CLOSE {
-                let mut info = SockInfo::new(pid, comm, src as u8);
+                let mut info = SockInfo::new(sk, pid, comm, src as u8);
                 info.last_ts = now;
                 info.netns = ev.netns;
                 if starts_connection {
@@ -671,27 +671,18 @@ fn try_count_bytes(
     let sk = rec.uint(&l.skaddr);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut comm = None;
-    match socks().get_ptr_mut(sk) {
-        Some(e) => {
-            let e = unsafe { &mut *e };
-            if e.pid != tgid || e.owner_src != OwnerSource::Process as u8 {
-                let c = bpf_get_current_comm().unwrap_or([0; 16]);
-                comm = Some(c);
-                e.pid = tgid;
-                e.comm = c;
-                e.owner_src = OwnerSource::Process as u8;
-            }
-            add_bytes(&mut e.bytes_sent, &mut e.bytes_received, dir, bytes);
-        }
-        None => {
-            let c = bpf_get_current_comm().unwrap_or([0; 16]);
-            comm = Some(c);
-            let mut info = SockInfo::new(tgid, c, OwnerSource::Process as u8);
-            info.netns = sock_netns(sk);
-            add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
-            if socks().insert(sk, info, 0).is_err() {
-                count(Counter::SockMapFull);
-            }
+    let counted = socks()
+        .get_ptr_mut(sk)
+        .is_some_and(|e| count_on_entry(e, sk, tgid, &mut comm, dir, bytes));
+    if !counted {
+        // No entry, or it went with a reset in the meantime (the close record is out): a fresh
+        // one, which the socket's next connection replaces.
+        let c = *comm.get_or_insert_with(|| bpf_get_current_comm().unwrap_or([0; 16]));
+        let mut info = SockInfo::new(sk, tgid, c, OwnerSource::Process as u8);
+        info.netns = sock_netns(sk);
+        add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
+        if socks().insert(sk, info, 0).is_err() {
+            count(Counter::SockMapFull);
         }
     }
     proc_add(
@@ -701,6 +692,50 @@ fn try_count_bytes(
         bytes,
     );
     Ok(())
+}
+
+/// Owner and bytes into the entry `e` that the lookup of `sk` returned. This runs outside the
+/// socket lock, so a reset handled on another CPU may delete the key meanwhile and the element
+/// be recycled for another socket at once: the stored key is checked just before the owner is
+/// written and again after the bytes are added, and an add that landed on a recycled element is
+/// taken back. False when the element is no longer `sk`'s (the owner's window is a few
+/// instructions, not closed).
+#[inline(always)]
+fn count_on_entry(
+    e: *mut SockInfo,
+    sk: u64,
+    tgid: u32,
+    comm: &mut Option<[u8; 16]>,
+    dir: Direction,
+    bytes: u64,
+) -> bool {
+    // Raw accesses only, no references: another CPU may write this element at any time. The
+    // volatile reads stay where they are (the BPF target has no fence to select).
+    let is_sks = move || unsafe { core::ptr::read_volatile(&raw const (*e).sk) } == sk;
+    unsafe {
+        if (*e).pid != tgid || (*e).owner_src != OwnerSource::Process as u8 {
+            let c = *comm.get_or_insert_with(|| bpf_get_current_comm().unwrap_or([0; 16]));
+            if !is_sks() {
+                return false;
+            }
+            (*e).pid = tgid;
+            (*e).comm = c;
+            (*e).owner_src = OwnerSource::Process as u8;
+        }
+        if !is_sks() {
+            return false;
+        }
+        let field = match dir {
+            Direction::Sent => &raw mut (*e).bytes_sent,
+            Direction::Received => &raw mut (*e).bytes_received,
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, bytes);
+        if is_sks() {
+            return true;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, bytes.wrapping_neg());
+    }
+    false
 }
 
 /// The closing socket's own byte counters, into the close record and the owner's totals.
