@@ -725,15 +725,12 @@ fn count_on_entry(
         if !is_sks() {
             return false;
         }
-        let field = match dir {
-            Direction::Sent => &raw mut (*e).bytes_sent,
-            Direction::Received => &raw mut (*e).bytes_received,
-        };
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, bytes);
+        let (sent, received) = (&raw mut (*e).bytes_sent, &raw mut (*e).bytes_received);
+        add_bytes(sent, received, dir, bytes);
         if is_sks() {
             return true;
         }
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, bytes.wrapping_neg());
+        add_bytes(sent, received, dir, bytes.wrapping_neg());
     }
     false
 }
@@ -795,8 +792,9 @@ fn proc_add(tgid: u32, comm: impl FnOnce() -> [u8; 16], dir: Direction, n: u64) 
 
 /// Atomic adds: threads of one process send concurrently on other CPUs (and the tracepoints
 /// fire outside the socket lock), and a process that sends N bytes must be reported with N.
+/// Raw pointers, so that an element other CPUs write at the same time is never referenced.
 #[inline(always)]
-fn add_bytes(sent: &mut u64, received: &mut u64, dir: Direction, n: u64) {
+fn add_bytes(sent: *mut u64, received: *mut u64, dir: Direction, n: u64) {
     let field = match dir {
         Direction::Sent => sent,
         Direction::Received => received,
