@@ -4,6 +4,7 @@
 //! views over this.
 
 use std::{
+    collections::VecDeque,
     io,
     time::{Duration, Instant},
 };
@@ -71,6 +72,10 @@ pub struct Live {
     pub events: u64,
     pub snapshot: SnapshotSummary,
     closed: bool,
+    /// Set by the first [`Live::next`]: from then on batches applied elsewhere (a refresh
+    /// applies what queued during its dump) wait in `unseen` until `next` hands them back.
+    hands_back: bool,
+    unseen: VecDeque<Batch>,
     tap: Option<Tap>,
     /// Anomaly detection, fed every applied event (see [`Live::enable_detection`]).
     pub detector: Option<Detector>,
@@ -192,6 +197,8 @@ impl Live {
             events: 0,
             snapshot,
             closed: false,
+            hands_back: false,
+            unseen: VecDeque::new(),
             tap: None,
             detector: None,
             announce: opts.announce,
@@ -243,9 +250,14 @@ impl Live {
         }
     }
 
-    /// Like [`Live::run_until`], but hands each applied batch back (for commands that also
+    /// Like [`Live::run_until`], but hands each applied batch back, exactly once and in order,
+    /// including those a [`Live::refresh`] applied since the last call (for commands that also
     /// print the events).
     pub async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+        self.hands_back = true;
+        if let Some(batch) = self.unseen.pop_front() {
+            return Next::Batch(batch);
+        }
         loop {
             if self.closed {
                 return Next::Closed;
@@ -318,10 +330,14 @@ impl Live {
         })
     }
 
-    /// Applies everything queued now, without waiting.
+    /// Applies everything queued now, without waiting (kept for [`Live::next`] once it is
+    /// in use).
     pub fn apply_pending(&mut self) {
         while let Ok(batch) = self.rx.try_recv() {
             self.apply(&batch);
+            if self.hands_back {
+                self.unseen.push_back(batch);
+            }
         }
     }
 
