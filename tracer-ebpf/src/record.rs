@@ -118,13 +118,16 @@ impl Slot {
         }
         if found < MARKS {
             // Marks written after this one came from contexts nested in this hit's window,
-            // which have ended: their catchers took them or were skipped.
-            let mut i = 0;
-            while i < MARKS {
-                if self.marks[i] != 0 && now.wrapping_sub(self.seqs[i]) < newest {
-                    self.marks[i] = 0;
+            // which have ended: their catchers took them or were skipped. Usually this mark
+            // is the last one written (age 1), and there is nothing to clear.
+            if newest > 1 {
+                let mut i = 0;
+                while i < MARKS {
+                    if self.marks[i] != 0 && now.wrapping_sub(self.seqs[i]) < newest {
+                        self.marks[i] = 0;
+                    }
+                    i += 1;
                 }
-                i += 1;
             }
             count(Counter::MarksTaken);
             true

@@ -22,6 +22,20 @@ use serde_json::Value;
 /// for a few milliseconds does not let them fill.
 const CONNECTIONS: u64 = 2000;
 
+/// Kills the tracer when the test panics before stopping it: left running, it would keep its
+/// programs attached, and their suppressed perf delivery would zero the counters of the
+/// `undelivered` test that runs next.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// What a run with a stalled stdout printed, and its stop summary.
 struct Stalled {
     records: Vec<Value>,
@@ -49,6 +63,7 @@ fn stalled(test: &str, args: &[&str], marker: &str) -> Option<Stalled> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tracer");
+    let _kill = KillOnPanic(child.id());
     let stderr = StderrLines::follow(&mut child);
     let mut lines = Vec::new();
     if stderr
