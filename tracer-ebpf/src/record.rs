@@ -7,16 +7,12 @@ use tracer_common::{AF_INET, AF_INET6, Counter, FieldLoc, RawEvent, TpLayout, la
 use crate::maps::count;
 
 /// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
-/// at most one or two are pending (one per interrupt nesting level); the others were left by
-/// catcher runs the kernel skipped, mostly in bursts: a softirq that interrupts a catcher run
-/// has the kernel skip the catcher for every transition it handles.
+/// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
+/// run the kernel skipped are reclaimed oldest first.
 pub const MARKS: usize = 8;
-/// Marks older than this many later marks are stale (their catcher run was skipped). A pending
-/// mark waits for at most one softirq burst, whose transitions write marks meanwhile: at full
-/// loopback churn a mark was taken more than 1,024 marks after it was written (once in four
-/// 10 s runs); with that limit, as before, the catcher took the transition for a skipped one
-/// and reported it twice.
-const MARK_TTL: u64 = 4096;
+/// Marks older than this many later marks are stale (their catcher run was skipped): a pending
+/// mark is consumed within one softirq burst.
+const MARK_TTL: u64 = 1024;
 
 #[repr(C, align(8))]
 pub struct Slot {
@@ -95,10 +91,7 @@ impl Slot {
     /// mark. Older identical ones are left by catcher runs the kernel skipped (a socket address
     /// is soon reused for the same transition): they are cleared too, so that they cannot pass
     /// a later skipped transition off as handled, but not counted as taken, so that they still
-    /// count as handled hits whose catcher was skipped (written less taken). So are all marks
-    /// written after the one taken: the contexts that wrote them interrupted this hit and have
-    /// ended, so they are stale (a burst of them would otherwise hold the slots until they
-    /// expire, and a full table gives up its newest entry, which may be a pending mark).
+    /// count as handled hits whose catcher was skipped (written less taken).
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
         let now = self.next_seq;
@@ -117,18 +110,6 @@ impl Slot {
             i += 1;
         }
         if found < MARKS {
-            // Marks written after this one came from contexts nested in this hit's window,
-            // which have ended: their catchers took them or were skipped. Usually this mark
-            // is the last one written (age 1), and there is nothing to clear.
-            if newest > 1 {
-                let mut i = 0;
-                while i < MARKS {
-                    if self.marks[i] != 0 && now.wrapping_sub(self.seqs[i]) < newest {
-                        self.marks[i] = 0;
-                    }
-                    i += 1;
-                }
-            }
             count(Counter::MarksTaken);
             true
         } else {
