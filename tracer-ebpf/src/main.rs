@@ -180,7 +180,24 @@ fn clear(ev: &mut RawEvent) {
 #[inline(always)]
 fn classic(f: impl FnOnce(&mut Slot) -> Result<(), i64>) {
     if let Some(s) = slot(CLASSIC) {
+        s.classic_enters();
         let _ = f(s);
+        s.classic_leaves();
+    }
+}
+
+/// Runs a catcher: `record` gets the catcher's slot unless the classic program handled the hit,
+/// which it did not if one of ours was running below it (the kernel skipped it), nor if it
+/// left no mark (skipped for another program).
+#[inline(always)]
+fn catch(mark: u64, record: impl FnOnce(&mut Slot)) {
+    let Some(classic) = slot(CLASSIC) else {
+        return;
+    };
+    if (classic.classic_interrupted() || !classic.take_mark(mark))
+        && let Some(s) = slot(NESTED)
+    {
+        record(s);
     }
 }
 
@@ -199,11 +216,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
     let (sk, old, new): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     let (old, new) = (old as u8, new as u8);
-    if slot(CLASSIC).is_some_and(|c| !c.take_mark(mark_of(sk, old, new)))
-        && let Some(s) = slot(NESTED)
-    {
+    catch(mark_of(sk, old, new), |s| {
         let _ = try_set_state_nested(sk, old, new, s);
-    }
+    });
     0
 }
 
@@ -217,11 +232,9 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_nested(ctx: RawTracePointContext) -> i32 {
     let (sk, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    if slot(CLASSIC).is_some_and(|c| !c.take_mark(retransmit_mark(sk, skb)))
-        && let Some(s) = slot(NESTED)
-    {
+    catch(retransmit_mark(sk, skb), |s| {
         let _ = try_retransmit_nested(sk, s);
-    }
+    });
     0
 }
 
@@ -277,7 +290,7 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         rec.uint(&l.newstate) as u8,
     );
     // First, so the catcher knows this transition is handled, whatever happens next.
-    s.mark(mark_of(sk, old, new));
+    s.mark(mark_of(sk, old, new), ctx.as_ptr() as u64);
     let rec = &s.rec;
     if rec.uint(&l.protocol) != u64::from(IPPROTO_TCP) {
         return Ok(());
@@ -491,7 +504,10 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     let l = &RETRANSMIT_LAYOUT;
     s.rec.copy(ctx.as_ptr() as *const u8, l)?;
     let sk = s.rec.uint(&l.skaddr);
-    s.mark(retransmit_mark(sk, s.rec.uint(&l.skbaddr)));
+    s.mark(
+        retransmit_mark(sk, s.rec.uint(&l.skbaddr)),
+        ctx.as_ptr() as u64,
+    );
     let rec = &s.rec;
     let family = rec.family(l);
     if family != AF_INET && family != AF_INET6 {

@@ -1,4 +1,4 @@
-//! Per-CPU scratch slots: a copy of the record being decoded, and the flag the nested-event
+//! Per-CPU scratch slots: a copy of the record being decoded, and the marks the nested-event
 //! catcher reads.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
@@ -6,21 +6,19 @@ use tracer_common::{AF_INET, AF_INET6, Counter, FieldLoc, RawEvent, TpLayout, la
 
 use crate::maps::count;
 
-/// Transitions the classic program handled and the catcher has not yet seen, per CPU. Normally
-/// at most one or two are pending (one per interrupt nesting level); entries left by a catcher
-/// run the kernel skipped are reclaimed oldest first.
-pub const MARKS: usize = 8;
-/// Marks older than this many later marks are stale (their catcher run was skipped): a pending
-/// mark is consumed within one softirq burst.
-const MARK_TTL: u64 = 1024;
+/// Transitions the classic programs handled and the catchers have not yet seen, per CPU: at
+/// most one per context level (task, softirq, hardirq, NMI), so a free entry is always left.
+pub const MARKS: usize = 4;
 
 #[repr(C, align(8))]
 pub struct Slot {
-    /// Identities of handled transitions awaiting the catcher; 0 is free.
+    /// Identities of handled hits awaiting their catcher; 0 is free.
     marks: [u64; MARKS],
-    /// When each mark was written (`next_seq` at the time): oldest is reclaimed first.
-    seqs: [u64; MARKS],
-    next_seq: u64,
+    /// The context level each mark was written at, known by the classic program's record
+    /// buffer: the kernel hands tracepoint programs a per-CPU buffer per context level.
+    levels: [u64; MARKS],
+    /// One of our classic programs is running on this CPU (see `classic_interrupted`).
+    classic_running: u64,
     /// Records emitted from this slot: paces the (costly) pending-bytes check.
     pub emitted: u64,
     /// When this slot last forced a wakeup (ns): paces the (costly) self-interrupt it raises.
@@ -59,62 +57,70 @@ pub fn slot(which: u32) -> Option<&'static mut Slot> {
 }
 
 impl Slot {
-    /// Records that the classic program handled a transition. Takes a free or expired entry;
-    /// when none is left, the newest one. Marks pending for the catcher are older than marks
-    /// left by nested transitions whose catcher run the kernel skipped, so they survive a
-    /// long softirq burst.
+    /// Brackets a classic program run. Volatile, so that the compiler neither drops nor moves
+    /// the stores around the run.
     #[inline(always)]
-    pub fn mark(&mut self, mark: u64) {
-        let now = self.next_seq;
-        let mut victim = 0;
-        let mut best = 0u64;
+    pub fn classic_enters(&mut self) {
+        unsafe { core::ptr::write_volatile(&raw mut self.classic_running, 1) };
+    }
+
+    #[inline(always)]
+    pub fn classic_leaves(&mut self) {
+        unsafe { core::ptr::write_volatile(&raw mut self.classic_running, 0) };
+    }
+
+    /// Whether one of our classic programs is running below this hit: the kernel then skipped
+    /// every classic program for it, whatever marks are left.
+    #[inline(always)]
+    pub fn classic_interrupted(&self) -> bool {
+        unsafe { core::ptr::read_volatile(&raw const self.classic_running) != 0 }
+    }
+
+    /// Records that the classic program handled a hit, at the context level `level` identifies.
+    /// A mark left at the same level is stale: within one context the catcher runs right after
+    /// the classic program, so that mark's catcher run either took it or was skipped by the
+    /// kernel. It is replaced, so a stale mark never outlives the next hit at its level, and a
+    /// pending one (at a lower level, interrupted between its two programs) is never touched,
+    /// however long the burst that delays its catcher.
+    #[inline(always)]
+    pub fn mark(&mut self, mark: u64, level: u64) {
+        count(Counter::MarksWritten);
+        let mut victim = MARKS;
         let mut i = 0;
         while i < MARKS {
-            let score = if self.marks[i] == 0 || now.wrapping_sub(self.seqs[i]) > MARK_TTL {
-                u64::MAX
-            } else {
-                self.seqs[i]
-            };
-            if score >= best {
-                best = score;
+            if self.levels[i] == level || (victim == MARKS && self.marks[i] == 0) {
                 victim = i;
             }
             i += 1;
         }
+        // Four levels leave a free entry; if the kernel ever hands one level several buffers,
+        // the first entry goes (a possible duplicate, never a silent loss).
+        if victim == MARKS {
+            victim = 0;
+        }
         self.marks[victim] = mark;
-        self.seqs[victim] = now;
-        self.next_seq = now.wrapping_add(1);
-        count(Counter::MarksWritten);
+        self.levels[victim] = level;
     }
 
-    /// Whether the classic program handled this transition; consumes the newest identical
-    /// mark. Older identical ones are left by catcher runs the kernel skipped (a socket address
-    /// is soon reused for the same transition): they are cleared too, so that they cannot pass
-    /// a later skipped transition off as handled, but not counted as taken, so that they still
-    /// count as handled hits whose catcher was skipped (written less taken).
+    /// Whether the classic program handled this hit; consumes its mark. A stale identical mark
+    /// (a socket address is soon reused for the same transition) at another level is cleared
+    /// with it.
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
-        let now = self.next_seq;
-        let mut found = MARKS;
-        let mut newest = 0u64;
+        let mut found = false;
         let mut i = 0;
         while i < MARKS {
-            let age = now.wrapping_sub(self.seqs[i]);
             if self.marks[i] == mark {
-                if age <= MARK_TTL && (found == MARKS || age < newest) {
-                    found = i;
-                    newest = age;
-                }
                 self.marks[i] = 0;
+                self.levels[i] = 0;
+                found = true;
             }
             i += 1;
         }
-        if found < MARKS {
+        if found {
             count(Counter::MarksTaken);
-            true
-        } else {
-            false
         }
+        found
     }
 }
 
