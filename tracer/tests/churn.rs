@@ -14,30 +14,6 @@ fn is_subsequence(t: &[String], seq: &[&str]) -> bool {
     t.iter().all(|x| it.any(|s| s == x))
 }
 
-/// A life's transitions with their owners and times, for failure messages.
-fn timed(life: &Life) -> String {
-    let t: Vec<String> = life
-        .events
-        .iter()
-        .map(|e| {
-            format!(
-                "{}->{} pid {} @{}",
-                e["old_state"].as_str().unwrap_or("?"),
-                e["new_state"].as_str().unwrap_or("?"),
-                e["pid"],
-                e["time"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    format!(
-        "{} {}:{}: {}",
-        life.sk,
-        life.local_port(),
-        life.remote_port(),
-        t.join(", ")
-    )
-}
-
 #[test]
 fn full_rate_churn_is_accounted_exactly() {
     churn_accounted_exactly("full_rate_churn_is_accounted_exactly", &[]);
@@ -164,7 +140,7 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
         t.dedup();
         if t.len() < before {
             duplicates += (before - t.len()) as u64;
-            duplicated.push(timed(&life));
+            duplicated.push(life.timed());
         }
         // In order: a subsequence of some legal life; what it lacks must have been lost. When
         // both the end of one socket's life and the start of the next at the same address were

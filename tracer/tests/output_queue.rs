@@ -123,7 +123,8 @@ fn kernel_side(summary: &str) -> u64 {
 }
 
 /// The captured lives that are not the five transitions of a connection that closed or the
-/// two of the listener, each transition with its time: where a transition went missing.
+/// two of the listener, each transition with its owner and time: where a transition went
+/// missing.
 fn incomplete_lives(records: &[Value]) -> String {
     let odd: Vec<String> = lives(records)
         .into_iter()
@@ -133,12 +134,7 @@ fn incomplete_lives(records: &[Value]) -> String {
             if closed && (t.len() == 5 || t.len() == 2 && t[0] == "CLOSE->LISTEN") {
                 return None;
             }
-            let timed: Vec<String> = t
-                .iter()
-                .zip(&life.events)
-                .map(|(t, e)| format!("{t}@{}", e["time"].as_str().unwrap_or("?")))
-                .collect();
-            Some(format!("{}: {}", life.sk, timed.join(" ")))
+            Some(life.timed())
         })
         .collect();
     if odd.is_empty() {

@@ -509,6 +509,29 @@ impl Life {
     pub fn remote_port(&self) -> u64 {
         self.events.last().unwrap()["dport"].as_u64().unwrap()
     }
+
+    /// The life's transitions with their owners and times, for failure messages.
+    pub fn timed(&self) -> String {
+        let t: Vec<String> = self
+            .transitions()
+            .into_iter()
+            .zip(&self.events)
+            .map(|(t, e)| {
+                format!(
+                    "{t} pid {} @{}",
+                    e["pid"],
+                    e["time"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        format!(
+            "{} {}:{}: {}",
+            self.sk,
+            self.local_port(),
+            self.remote_port(),
+            t.join(", ")
+        )
+    }
 }
 
 pub fn starts_life(e: &Value) -> bool {
