@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod filter;
 pub mod layout;
+pub mod marks;
 pub mod rings;
 pub mod sock;
 pub mod state;
@@ -17,6 +18,7 @@ pub use config::{Config, Counter, WakeupMode};
 pub use event::{EventKind, OwnerSource, RawEvent};
 pub use filter::Filter;
 pub use layout::{FieldLoc, TpLayout};
+pub use marks::MarkTable;
 pub use sock::{ListenerOwner, ProcTraffic, SockInfo};
 
 /// Address families as the tracepoints report them.

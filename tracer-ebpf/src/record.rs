@@ -2,21 +2,16 @@
 //! catcher reads.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map, maps::PerCpuArray};
-use tracer_common::{AF_INET, AF_INET6, Counter, FieldLoc, RawEvent, TpLayout, layout::MAX_RECORD};
+use tracer_common::{
+    AF_INET, AF_INET6, Counter, FieldLoc, MarkTable, RawEvent, TpLayout, layout::MAX_RECORD,
+};
 
 use crate::maps::count;
 
-/// Transitions the classic programs handled and the catchers have not yet seen, per CPU: at
-/// most one per context level (task, softirq, hardirq, NMI), so a free entry is always left.
-pub const MARKS: usize = 4;
-
 #[repr(C, align(8))]
 pub struct Slot {
-    /// Identities of handled hits awaiting their catcher; 0 is free.
-    marks: [u64; MARKS],
-    /// The context level each mark was written at, known by the classic program's record
-    /// buffer: the kernel hands tracepoint programs a per-CPU buffer per context level.
-    levels: [u64; MARKS],
+    /// Hits the classic programs handled, awaiting their catcher.
+    marks: MarkTable,
     /// One of our classic programs is running on this CPU (see `classic_interrupted`).
     classic_running: u64,
     /// Records emitted from this slot: paces the (costly) pending-bytes check.
@@ -76,47 +71,18 @@ impl Slot {
         unsafe { core::ptr::read_volatile(&raw const self.classic_running) != 0 }
     }
 
-    /// Records that the classic program handled a hit, at the context level `level` identifies.
-    /// A mark left at the same level is stale: within one context the catcher runs right after
-    /// the classic program, so that mark's catcher run either took it or was skipped by the
-    /// kernel. It is replaced, so a stale mark never outlives the next hit at its level, and a
-    /// pending one (at a lower level, interrupted between its two programs) is never touched,
-    /// however long the burst that delays its catcher.
+    /// Records that the classic program handled a hit at the context level `level` identifies
+    /// (the address of the record buffer the kernel handed it); see [`MarkTable::put`].
     #[inline(always)]
     pub fn mark(&mut self, mark: u64, level: u64) {
         count(Counter::MarksWritten);
-        let mut victim = MARKS;
-        let mut i = 0;
-        while i < MARKS {
-            if self.levels[i] == level || (victim == MARKS && self.marks[i] == 0) {
-                victim = i;
-            }
-            i += 1;
-        }
-        // Four levels leave a free entry; if the kernel ever hands one level several buffers,
-        // the first entry goes (a possible duplicate, never a silent loss).
-        if victim == MARKS {
-            victim = 0;
-        }
-        self.marks[victim] = mark;
-        self.levels[victim] = level;
+        self.marks.put(mark, level);
     }
 
-    /// Whether the classic program handled this hit; consumes its mark. A stale identical mark
-    /// (a socket address is soon reused for the same transition) at another level is cleared
-    /// with it.
+    /// Whether the classic program handled this hit; consumes its mark.
     #[inline(always)]
     pub fn take_mark(&mut self, mark: u64) -> bool {
-        let mut found = false;
-        let mut i = 0;
-        while i < MARKS {
-            if self.marks[i] == mark {
-                self.marks[i] = 0;
-                self.levels[i] = 0;
-                found = true;
-            }
-            i += 1;
-        }
+        let found = self.marks.take(mark);
         if found {
             count(Counter::MarksTaken);
         }
