@@ -50,10 +50,14 @@ impl MarkTable {
     /// with it.
     #[inline(always)]
     pub fn take(&mut self, mark: u64) -> bool {
+        // 0 marks a free entry, never a hit.
+        if mark == 0 {
+            return false;
+        }
         let mut found = false;
         let mut i = 0;
         while i < MARKS {
-            if mark != 0 && self.marks[i] == mark {
+            if self.marks[i] == mark {
                 self.marks[i] = 0;
                 self.levels[i] = 0;
                 found = true;
