@@ -621,6 +621,24 @@ impl Netns {
         vec!["ip", "netns", "exec", &self.name]
     }
 
+    /// Runs `f` on a thread that has entered the namespace (as `ip netns exec` does), for
+    /// in-process sock_diag dumps of just its sockets.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns(2) moves this thread only, which owns no sockets yet.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+
     /// Sets a per-namespace sysctl (`path` under /proc/sys, such as `net/ipv4/tcp_tw_reuse`).
     pub fn sysctl(&self, path: &str, value: &str) {
         let script = format!("echo {value} > /proc/sys/{path}");
