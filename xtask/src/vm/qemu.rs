@@ -54,9 +54,12 @@ pub struct Boot<'a> {
 
 impl Boot<'_> {
     pub fn run(&self) -> Result<(Report, Ended)> {
+        // One host thread for all vCPUs under TCG: with a thread each (MTTCG), a guest kernel
+        // patching its own text (static branches flip when nftables or BPF hooks come and go)
+        // has crashed on a stale `int3` on both vCPUs at once (Debian 6.12, `__ip_local_out`).
         let (cpu, accel) = match self.accel {
             Accel::Kvm => ("host", "kvm"),
-            _ => ("max", "tcg"),
+            _ => ("max", "tcg,thread=single"),
         };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "2048"])
