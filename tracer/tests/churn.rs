@@ -14,6 +14,29 @@ fn is_subsequence(t: &[String], seq: &[&str]) -> bool {
     t.iter().all(|x| it.any(|s| s == x))
 }
 
+/// Legal complete lives: the normal ones, and their endings when a peer resets.
+fn legal_lives() -> [&'static [&'static str]; 5] {
+    const CLIENT_RESET: [&str; 4] = [
+        "CLOSE->SYN_SENT",
+        "SYN_SENT->ESTABLISHED",
+        "ESTABLISHED->FIN_WAIT1",
+        "FIN_WAIT1->CLOSE",
+    ];
+    const SERVER_RESET: [&str; 4] = [
+        "LISTEN->SYN_RECV",
+        "SYN_RECV->ESTABLISHED",
+        "ESTABLISHED->CLOSE_WAIT",
+        "CLOSE_WAIT->CLOSE",
+    ];
+    [
+        &ACTIVE_CLOSE_CLIENT,
+        &PASSIVE_CLOSE_SERVER,
+        &CLIENT_RESET,
+        &SERVER_RESET,
+        &["CLOSE->LISTEN", "LISTEN->CLOSE"],
+    ]
+}
+
 #[test]
 fn full_rate_churn_is_accounted_exactly() {
     churn_accounted_exactly("full_rate_churn_is_accounted_exactly", &[]);
@@ -106,26 +129,7 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
     let reported_lost =
         summary_loss(&stop, "recursion_miss") + summary_loss(&stop, "kernel_undelivered");
 
-    // Legal complete lives: the normal ones, and their endings when a peer resets.
-    let client_reset = [
-        "CLOSE->SYN_SENT",
-        "SYN_SENT->ESTABLISHED",
-        "ESTABLISHED->FIN_WAIT1",
-        "FIN_WAIT1->CLOSE",
-    ];
-    let server_reset = [
-        "LISTEN->SYN_RECV",
-        "SYN_RECV->ESTABLISHED",
-        "ESTABLISHED->CLOSE_WAIT",
-        "CLOSE_WAIT->CLOSE",
-    ];
-    let legal: [&[&str]; 5] = [
-        &ACTIVE_CLOSE_CLIENT,
-        &PASSIVE_CLOSE_SERVER,
-        &client_reset,
-        &server_reset,
-        &["CLOSE->LISTEN", "LISTEN->CLOSE"],
-    ];
+    let legal = legal_lives();
     let (mut complete, mut partial, mut duplicates, mut missing_total) = (0u64, 0u64, 0u64, 0u64);
     let mut duplicated = Vec::new();
     for life in lives(&run.events) {
@@ -187,5 +191,102 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
     assert!(
         complete + 2 * reported_lost > 2 * connections,
         "{complete} complete lives for {connections} connections, {reported_lost} reported lost"
+    );
+}
+
+/// Stopping in the middle of a full-rate churn: the stream drains what the rings hold, prints
+/// every event it counted before its summary, and loses none on the way out.
+#[test]
+fn stop_mid_churn_prints_every_counted_event() {
+    let test = "stop_mid_churn_prints_every_counted_event";
+    if !kernel_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let port = port();
+    let p = port.to_string();
+    let tracer = Tracer::start(&["--port", &p, "--type", "state", "--ring-size", "64M"]);
+    let churn = std::thread::spawn(move || {
+        loadgen_at(
+            &[],
+            "churn",
+            "127.0.0.1",
+            port,
+            &[
+                "--threads",
+                "2",
+                "--duration-secs",
+                "4",
+                "--dst-spread",
+                "16",
+                "--max-connections",
+                "200000",
+            ],
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let run = tracer.stop_slim(&[
+        "type",
+        "sk",
+        "pid",
+        "old_state",
+        "new_state",
+        "sport",
+        "dport",
+        "time",
+    ]);
+    let (_, summary) = churn.join().expect("churn thread");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(run.status.success(), "{}", run.stderr);
+
+    let stop = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("tracer: ") && l.contains(" events (state "))
+        .unwrap_or_else(|| panic!("no stop summary in {}", run.stderr))
+        .to_owned();
+    eprintln!("{test}: {summary}; {stop}");
+    let counted: u64 = stop
+        .split("(state ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no state count in {stop}"));
+    let printed = run.events.iter().filter(|e| e["type"] == "state").count() as u64;
+    assert!(
+        counted > 20_000,
+        "stopped too early or too late to test anything: {stop}"
+    );
+    assert_eq!(printed, counted, "events counted but not printed: {stop}");
+    for cause in ["ringbuf_full", "decode_error", "output_queue_full"] {
+        assert_eq!(summary_loss(&stop, cause), 0, "{cause}: {stop}");
+    }
+
+    // The stop cuts every life at one moment: what was printed of a life is its beginning,
+    // not a beginning with holes, beyond what the kernel-side losses explain.
+    let legal = legal_lives();
+    let (mut cut, mut gapped) = (0u64, Vec::new());
+    for life in lives(&run.events) {
+        let t = life.transitions();
+        if legal
+            .iter()
+            .any(|seq| t.len() <= seq.len() && seq[..t.len()] == t[..])
+        {
+            cut += u64::from(legal.iter().all(|seq| seq.len() != t.len()));
+        } else {
+            gapped.push(life.timed());
+        }
+    }
+    let kernel_lost =
+        summary_loss(&stop, "recursion_miss") + summary_loss(&stop, "kernel_undelivered");
+    eprintln!(
+        "{test}: {cut} lives cut by the stop, {} with holes, {kernel_lost} lost in the kernel",
+        gapped.len()
+    );
+    assert!(
+        gapped.len() as u64 <= 2 * kernel_lost,
+        "{} lives with holes, {kernel_lost} transitions lost in the kernel: {:#?}",
+        gapped.len(),
+        &gapped[..gapped.len().min(20)]
     );
 }
