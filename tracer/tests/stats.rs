@@ -167,6 +167,7 @@ fn counts_built_from_transitions_equal_ss() {
     assert_eq!(listeners[0]["accept_queue"], 3);
     assert_eq!(listeners[0]["pid"].as_u64(), Some(pid));
     assert_eq!(report["tracking"]["unknown_sockets"], 0);
+    assert_eq!(report["tracking"]["sock_map_evictions"], 0);
 
     // Everything closes: the counts follow (TIME_WAITs of the closes included).
     states.release();
@@ -274,6 +275,53 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
     assert_eq!(report["tracking"]["from_dump"], 0, "{report}");
     assert_eq!(report["tracking"]["unknown_sockets"], 0, "{report}");
     tracer.stop();
+}
+
+/// More sockets than the kernel's socket map holds: the evictions are counted. At the peak at
+/// most `--max-sockets` of the followed sockets still have an entry, so closing them all must
+/// count at least the rest; per-state counts stay exact (they do not depend on the map).
+#[test]
+fn socket_map_evictions_are_counted() {
+    if !kernel_available("socket_map_evictions_are_counted") {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("ste").without_tw_reuse();
+    let tracer = Tracer::start_in(
+        &ns.exec(),
+        &[
+            "stats",
+            "--json",
+            "--interval",
+            "0.3",
+            "--max-sockets",
+            "1024",
+        ],
+        "snapshot:",
+    );
+    let mut states = Proc::spawn(
+        &ns.exec(),
+        &[
+            "states",
+            "--addr",
+            "127.0.0.1",
+            "--count",
+            "1000",
+            "--pending",
+            "50",
+        ],
+    );
+    let report = assert_matches_ss(&tracer, &ns, "with 3101 sockets");
+    let followed = report["tracking"]["sockets"].as_u64().unwrap();
+    assert!(followed > 3000, "{report}");
+    states.release();
+    assert!(states.wait().success());
+    let report = assert_matches_ss(&tracer, &ns, "after closing them");
+    let evicted = report["tracking"]["sock_map_evictions"].as_u64().unwrap();
+    eprintln!("{followed} sockets followed, {evicted} transitions found their entry evicted");
+    assert!(evicted >= followed - 1024, "{report}");
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
 }
 
 #[test]

@@ -111,6 +111,7 @@ pub struct Metrics {
     table_sockets: Gauge,
     table_capacity: Gauge,
     table_refused: Counter,
+    sock_map_evictions: Counter,
     degraded: Family<FeatureLabel, Gauge>,
     refresh_seconds: FloatGauge,
     refresh_errors: Counter,
@@ -195,6 +196,7 @@ impl Metrics {
             table_sockets: Gauge::default(),
             table_capacity: Gauge::default(),
             table_refused: Counter::default(),
+            sock_map_evictions: Counter::default(),
             degraded: Family::default(),
             refresh_seconds: FloatGauge::default(),
             refresh_errors: Counter::default(),
@@ -376,6 +378,13 @@ impl Metrics {
             self.table_refused.clone(),
         );
         t.register(
+            "sock_map_evictions",
+            "Transitions of followed sockets whose entry in the kernel's socket map (an LRU map \
+             of --max-sockets entries) had been evicted: no time in state, owner unknown until \
+             its process acts again",
+            self.sock_map_evictions.clone(),
+        );
+        t.register(
             "degraded",
             "Features off on this kernel (1 per feature)",
             self.degraded.clone(),
@@ -431,6 +440,7 @@ impl Metrics {
         self.table_sockets.set(gauge(table.len() as u64));
         self.table_capacity.set(gauge(table.capacity as u64));
         advance(&self.table_refused, table.refused);
+        advance(&self.sock_map_evictions, agg.sock_map_evictions);
         for (tp, s) in live.probes.program_stats() {
             let labels = ProgramLabel {
                 program: tp.name().to_owned(),

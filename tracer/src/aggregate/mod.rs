@@ -101,6 +101,10 @@ pub struct Aggregator {
     pub unknown_sockets: u64,
     /// Entries found under an address at which a new connection started: their close was lost.
     pub stale_entries: u64,
+    /// Transitions of sockets followed since an earlier transition whose entry in the kernel's
+    /// socket map had gone (evicted from the LRU map): they come without a time in state, and
+    /// their owner is known again only once its process acts on the socket.
+    pub sock_map_evictions: u64,
     pub other_netns: u64,
     /// The newest event timestamp applied.
     pub now_ns: u64,
@@ -129,6 +133,7 @@ impl Aggregator {
             closes: BTreeMap::new(),
             unknown_sockets: 0,
             stale_entries: 0,
+            sock_map_evictions: 0,
             other_netns: 0,
             now_ns: 0,
         }
@@ -157,10 +162,25 @@ impl Aggregator {
             Detail::Signal { .. } => return,
             Detail::State { old, new, .. } => (old.number(), new.number()),
         };
+        let starts = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
+        // The kernel keeps an entry from a socket's first transition it handles until CLOSE,
+        // and times every later one from it: a known socket's transition without a time in
+        // state found no entry.
+        if !starts
+            && matches!(
+                ev.detail,
+                Detail::State {
+                    duration_ns: None,
+                    ..
+                }
+            )
+            && self.table.get(&Key::Sk(ev.sk)).is_some()
+        {
+            self.sock_map_evictions += 1;
+        }
         *self.transitions.entry((old, new)).or_default() += 1;
         let key = Key::Sk(ev.sk);
         let tuple = tuple_of(ev);
-        let starts = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
         // Most transitions only move a known socket to its next state.
         if !starts && new != state::CLOSE {
             let owner = ev.owner.as_ref().map(|o| (o.pid, o.comm));

@@ -291,3 +291,44 @@ fn a_new_connection_at_a_reused_address_replaces_a_stale_entry() {
     a.apply(&ev(1, CLOSE, SYN_SENT, "127.0.0.1:0", "127.0.0.1:81", 3));
     assert_eq!((counts(&a)["SYN_SENT"], a.stale_entries), (1, 1));
 }
+
+fn timed(mut e: Event, duration_ns: Option<u64>) -> Event {
+    if let Detail::State { duration_ns: d, .. } = &mut e.detail {
+        *d = duration_ns;
+    }
+    e
+}
+
+#[test]
+fn a_followed_socket_without_time_in_state_lost_its_kernel_entry() {
+    use state::*;
+    let mut a = Aggregator::new(16, Some(NS));
+    let (c, s) = ("127.0.0.1:5000", "127.0.0.1:80");
+    // A start never has a time in state; the next transitions have one while the entry lives.
+    a.apply(&timed(ev(1, CLOSE, SYN_SENT, "127.0.0.1:0", s, 7), None));
+    a.apply(&timed(ev(1, SYN_SENT, ESTABLISHED, c, s, 7), Some(5)));
+    assert_eq!(a.sock_map_evictions, 0);
+    // Evicted: the kernel reports the next ones without one (and re-creates the entry).
+    a.apply(&timed(ev(1, ESTABLISHED, FIN_WAIT1, c, s, 7), None));
+    a.apply(&timed(ev(1, FIN_WAIT1, FIN_WAIT2, c, s, 0), Some(3)));
+    assert_eq!(a.sock_map_evictions, 1);
+    // Sockets the tracer never followed are unknown, not evicted: one from before the
+    // tracer, and a passive child whose first transition is a start.
+    a.apply(&timed(ev(2, ESTABLISHED, CLOSE_WAIT, s, c, 0), None));
+    a.apply(&timed(
+        ev(3, LISTEN, SYN_RECV, s, "127.0.0.1:5001", 7),
+        None,
+    ));
+    assert_eq!(a.sock_map_evictions, 1);
+    assert_eq!(a.unknown_sockets, 1);
+    // Nor is a new connection at the address of a closed one.
+    a.apply(&timed(ev(1, FIN_WAIT2, CLOSE, c, s, 0), Some(1)));
+    a.apply(&timed(ev(1, CLOSE, SYN_SENT, "127.0.0.1:0", s, 7), None));
+    assert_eq!(a.sock_map_evictions, 1);
+    assert_eq!(
+        a.stats(a.now_ns, 10, view::ProcSort::Bytes, &LossTotals::default())
+            .tracking
+            .sock_map_evictions,
+        1
+    );
+}

@@ -90,6 +90,9 @@ pub struct Tracking {
     pub from_dump: u64,
     pub unknown_sockets: u64,
     pub stale_entries: u64,
+    /// See [`super::Aggregator::sock_map_evictions`].
+    #[serde(default)]
+    pub sock_map_evictions: u64,
     pub other_netns_events: u64,
 }
 
@@ -164,6 +167,7 @@ impl Aggregator {
                 from_dump: table.seeds() as u64,
                 unknown_sockets: self.unknown_sockets,
                 stale_entries: self.stale_entries,
+                sock_map_evictions: self.sock_map_evictions,
                 other_netns_events: self.other_netns,
             },
         }

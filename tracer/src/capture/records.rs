@@ -92,6 +92,9 @@ pub struct StateSnapshot {
     pub closes: Vec<(String, u64)>,
     pub unknown_sockets: u64,
     pub stale_entries: u64,
+    /// Absent from captures written before it existed.
+    #[serde(default)]
+    pub sock_map_evictions: u64,
     pub other_netns: u64,
     /// Loss totals by cause name.
     pub losses: Vec<(String, u64)>,

@@ -123,6 +123,7 @@ pub fn snapshot(
             .collect(),
         unknown_sockets: agg.unknown_sockets,
         stale_entries: agg.stale_entries,
+        sock_map_evictions: agg.sock_map_evictions,
         other_netns: agg.other_netns,
         losses: losses_of(losses),
         names: names_of(agg),
@@ -254,6 +255,7 @@ pub fn restore(
         .collect();
     agg.unknown_sockets = s.unknown_sockets;
     agg.stale_entries = s.stale_entries;
+    agg.sock_map_evictions = s.sock_map_evictions;
     agg.other_netns = s.other_netns;
     agg.now_ns = agg.now_ns.max(s.at_ns);
     observe_losses(losses, &s.losses);

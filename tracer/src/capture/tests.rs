@@ -76,6 +76,7 @@ fn snapshot() -> StateSnapshot {
         closes: vec![("orderly".into(), 3)],
         unknown_sockets: 1,
         stale_entries: 0,
+        sock_map_evictions: 4,
         other_netns: 2,
         losses: vec![("ringbuf_full".into(), 6)],
         names: vec![(42, "nginx".into())],

@@ -182,6 +182,7 @@ pub(crate) mod tests {
                 from_dump: 0,
                 unknown_sockets: 0,
                 stale_entries: 0,
+                sock_map_evictions: 0,
                 other_netns_events: 0,
             },
         }
