@@ -357,8 +357,9 @@ fn bulk_transfer_bytes_are_exact_per_process() {
         ],
     );
     let sent = summary["bytes_sent"].as_u64().unwrap();
+    // Gigabytes here; 90 MB in an emulated guest whose two vCPUs share one host thread.
     assert!(
-        sent > 100 << 20,
+        sent > 32 << 20,
         "too little traffic to mean anything: {summary}"
     );
     assert_eq!(summary["bytes_received"].as_u64(), Some(sent));
