@@ -32,21 +32,8 @@ fn traffic(port: u16, n: u64) {
     exchange_clients(server, "127.0.0.1", port, n, &["--send", "100"]);
 }
 
-fn churn(port: u16, secs: &str) {
-    let (_, summary) = loadgen_at(
-        &[],
-        "churn",
-        "127.0.0.1",
-        port,
-        &[
-            "--threads",
-            "2",
-            "--duration-secs",
-            secs,
-            "--max-connections",
-            "200000",
-        ],
-    );
+fn churn(port: u16, secs: u64) {
+    let (_, summary) = churn_at(port, secs, 200_000, &[]);
     assert_eq!(summary["failed"], 0, "{summary}");
 }
 
@@ -149,7 +136,7 @@ fn rotation_keeps_at_most_max_files_of_at_most_max_size() {
         &p,
         &["--max-size", "1M", "--max-files", "2", "--compress", "none"],
     );
-    churn(port, "4");
+    churn(port, 4);
     let run = rec.stop();
     assert!(run.status.success(), "{}", run.stderr);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -211,7 +198,7 @@ fn kill_9_truncation_and_bit_flips_replay_the_intact_blocks() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    churn(port, "2");
+    churn(port, 2);
     std::thread::sleep(Duration::from_millis(600));
     child.kill().unwrap(); // SIGKILL: no chance to finish the file
     child.wait().unwrap();
@@ -357,7 +344,7 @@ fn a_full_disk_drops_blocks_reports_them_and_keeps_the_rest() {
     let port = port();
     let p = port.to_string();
     let rec = record(file.to_str().unwrap(), &p, &["--compress", "none"]);
-    churn(port, "2");
+    churn(port, 2);
     std::thread::sleep(Duration::from_millis(500));
     let run = rec.stop();
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);

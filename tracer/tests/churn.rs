@@ -14,6 +14,18 @@ fn is_subsequence(t: &[String], seq: &[&str]) -> bool {
     t.iter().all(|x| it.any(|s| s == x))
 }
 
+/// The fields of each record that socket lives are checked on.
+const LIFE_FIELDS: [&str; 8] = [
+    "type",
+    "sk",
+    "pid",
+    "old_state",
+    "new_state",
+    "sport",
+    "dport",
+    "time",
+];
+
 /// Legal complete lives: the normal ones, and their endings when a peer resets.
 fn legal_lives() -> [&'static [&'static str]; 5] {
     const CLIENT_RESET: [&str; 4] = [
@@ -81,22 +93,7 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
         ]
         .concat(),
     );
-    let (pid, summary) = loadgen_at(
-        &[],
-        "churn",
-        "127.0.0.1",
-        port,
-        &[
-            "--threads",
-            "2",
-            "--duration-secs",
-            "10",
-            "--dst-spread",
-            "16",
-            "--max-connections",
-            "400000",
-        ],
-    );
+    let (pid, summary) = churn_at(port, 10, 400_000, &["--dst-spread", "16"]);
     let connections = summary["connections"].as_u64().unwrap();
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(
@@ -104,16 +101,7 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
         "churn too slow to mean anything: {summary}"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let run = tracer.stop_slim(&[
-        "type",
-        "sk",
-        "pid",
-        "old_state",
-        "new_state",
-        "sport",
-        "dport",
-        "time",
-    ]);
+    let run = tracer.stop_slim(&LIFE_FIELDS);
     let stop = run.stderr.lines().last().unwrap_or_default().to_owned();
     eprintln!("{test}: {summary}; {stop}");
 
@@ -206,35 +194,9 @@ fn stop_mid_churn_prints_every_counted_event() {
     let port = port();
     let p = port.to_string();
     let tracer = Tracer::start(&["--port", &p, "--type", "state", "--ring-size", "64M"]);
-    let churn = std::thread::spawn(move || {
-        loadgen_at(
-            &[],
-            "churn",
-            "127.0.0.1",
-            port,
-            &[
-                "--threads",
-                "2",
-                "--duration-secs",
-                "4",
-                "--dst-spread",
-                "16",
-                "--max-connections",
-                "200000",
-            ],
-        )
-    });
+    let churn = std::thread::spawn(move || churn_at(port, 4, 200_000, &["--dst-spread", "16"]));
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let run = tracer.stop_slim(&[
-        "type",
-        "sk",
-        "pid",
-        "old_state",
-        "new_state",
-        "sport",
-        "dport",
-        "time",
-    ]);
+    let run = tracer.stop_slim(&LIFE_FIELDS);
     let (_, summary) = churn.join().expect("churn thread");
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(run.status.success(), "{}", run.stderr);

@@ -105,6 +105,22 @@ fn full_fin_wait2(ns: &Netns) -> u64 {
         .count() as u64
 }
 
+/// `tracer-loadgen states` in `ns` on 127.0.0.1: `count` connections of each kind (established
+/// pairs, CLOSE_WAIT pairs, TIME_WAIT) and `pending` unaccepted ones, held until released.
+fn states_in(ns: &Netns, count: u32, pending: u32, extra: &[&str]) -> Proc {
+    let (count, pending) = (count.to_string(), pending.to_string());
+    let args = [
+        "states",
+        "--addr",
+        "127.0.0.1",
+        "--count",
+        &count,
+        "--pending",
+        &pending,
+    ];
+    Proc::spawn(&ns.exec(), &[&args[..], extra].concat())
+}
+
 fn ready_json(p: &Proc) -> Value {
     serde_json::from_str(p.ready.trim_start_matches("READY").trim()).expect("READY json")
 }
@@ -118,20 +134,7 @@ fn counts_built_from_transitions_equal_ss() {
     let _serial = serial();
     let ns = Netns::new("stx").without_tw_reuse();
     let tracer = stats_in(&ns);
-    let mut states = Proc::spawn(
-        &ns.exec(),
-        &[
-            "states",
-            "--addr",
-            "127.0.0.1",
-            "--count",
-            "5",
-            "--pending",
-            "3",
-            "--send",
-            "12345",
-        ],
-    );
+    let mut states = states_in(&ns, 5, 3, &["--send", "12345"]);
     let info = ready_json(&states);
     let report = assert_matches_ss(&tracer, &ns, "after building the states");
     let counts = tracer_counts(&report);
@@ -203,18 +206,7 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
     }
     let _serial = serial();
     let ns = Netns::new("sts").without_tw_reuse();
-    let mut states = Proc::spawn(
-        &ns.exec(),
-        &[
-            "states",
-            "--addr",
-            "127.0.0.1",
-            "--count",
-            "1000",
-            "--pending",
-            "50",
-        ],
-    );
+    let mut states = states_in(&ns, 1000, 50, &[]);
     let info = ready_json(&states);
     // The last closes are acknowledged in softirq after the workload said READY: wait until
     // the kernel has settled into the state the snapshot is checked against.
@@ -299,18 +291,7 @@ fn socket_map_evictions_are_counted() {
         ],
         "snapshot:",
     );
-    let mut states = Proc::spawn(
-        &ns.exec(),
-        &[
-            "states",
-            "--addr",
-            "127.0.0.1",
-            "--count",
-            "1000",
-            "--pending",
-            "50",
-        ],
-    );
+    let mut states = states_in(&ns, 1000, 50, &[]);
     let report = assert_matches_ss(&tracer, &ns, "with 3101 sockets");
     let followed = report["tracking"]["sockets"].as_u64().unwrap();
     assert!(followed > 3000, "{report}");

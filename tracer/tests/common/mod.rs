@@ -441,6 +441,27 @@ pub fn loadgen_at(
     loadgen(prefix, &at_args(sub, addr, &port, extra))
 }
 
+/// A bounded two-thread `tracer-loadgen churn` against 127.0.0.1:`port` (plus `extra`), run to
+/// completion; returns its pid and summary.
+pub fn churn_at(port: u16, secs: u64, max_connections: u64, extra: &[&str]) -> (u32, Value) {
+    let (secs, max) = (secs.to_string(), max_connections.to_string());
+    let args = [
+        "--threads",
+        "2",
+        "--duration-secs",
+        &secs,
+        "--max-connections",
+        &max,
+    ];
+    loadgen_at(
+        &[],
+        "churn",
+        "127.0.0.1",
+        port,
+        &[&args[..], extra].concat(),
+    )
+}
+
 /// The server side of an exchange: a `tracer-loadgen server` on `addr:port` that exits after
 /// serving `n` connections, so waiting for it proves every connection was handled. Spawn it
 /// before the tracer when the listener must predate it.
