@@ -75,20 +75,18 @@ fn assert_matches_ss(tracer: &Tracer, ns: &Netns, what: &str) -> Value {
     panic!("{what}: tracer {:?} != ss {:?}", last.0, last.1);
 }
 
-/// `tracer stats --json` in `ns`, reporting every 0.3 s, started once its snapshot is taken.
-fn stats_in(ns: &Netns) -> Tracer {
-    Tracer::start_in(
-        &ns.exec(),
-        &[
-            "stats",
-            "--json",
-            "--interval",
-            "0.3",
-            "--sort",
-            "connections",
-        ],
-        "snapshot:",
-    )
+/// `tracer stats --json EXTRA...` in `ns`, reporting every 0.3 s, started once its snapshot is
+/// taken.
+fn stats_in(ns: &Netns, extra: &[&str]) -> Tracer {
+    let args = [
+        "stats",
+        "--json",
+        "--interval",
+        "0.3",
+        "--sort",
+        "connections",
+    ];
+    Tracer::start_in(&ns.exec(), &[&args[..], extra].concat(), "snapshot:")
 }
 
 /// FIN_WAIT2 sockets in `ns` that are full sockets rather than timewait ones.
@@ -133,7 +131,7 @@ fn counts_built_from_transitions_equal_ss() {
     // Asserts zero loss, which counts recursion misses host-wide: not beside the bulk transfer.
     let _serial = serial();
     let ns = Netns::new("stx").without_tw_reuse();
-    let tracer = stats_in(&ns);
+    let tracer = stats_in(&ns, &[]);
     let mut states = states_in(&ns, 5, 3, &["--send", "12345"]);
     let info = ready_json(&states);
     let report = assert_matches_ss(&tracer, &ns, "after building the states");
@@ -226,7 +224,7 @@ fn snapshot_of_thousands_of_existing_sockets_equals_ss() {
         },
         |last| format!("ss never settled: {last:?}"),
     );
-    let tracer = stats_in(&ns);
+    let tracer = stats_in(&ns, &[]);
     // 3101 full sockets and 2000 timewait ones, except that an orphaned FIN_WAIT2 socket stays
     // a full socket when its FIN's ACK arrives while the socket is busy (seen on slow guests).
     let line = tracer
@@ -279,18 +277,7 @@ fn socket_map_evictions_are_counted() {
     }
     let _serial = serial();
     let ns = Netns::new("ste").without_tw_reuse();
-    let tracer = Tracer::start_in(
-        &ns.exec(),
-        &[
-            "stats",
-            "--json",
-            "--interval",
-            "0.3",
-            "--max-sockets",
-            "1024",
-        ],
-        "snapshot:",
-    );
+    let tracer = stats_in(&ns, &["--max-sockets", "1024"]);
     let mut states = states_in(&ns, 1000, 50, &[]);
     let report = assert_matches_ss(&tracer, &ns, "with 3101 sockets");
     let followed = report["tracking"]["sockets"].as_u64().unwrap();
@@ -322,7 +309,7 @@ fn bulk_transfer_bytes_are_exact_per_process() {
     }
     let _serial = serial();
     let ns = Netns::new("stb");
-    let tracer = stats_in(&ns);
+    let tracer = stats_in(&ns, &[]);
     // Gigabytes in 64 KiB calls on 4 long-lived connections: every send and receive is counted
     // in the kernel, none is lost to a race between the threads.
     let (pid, summary) = common::loadgen(

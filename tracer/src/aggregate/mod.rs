@@ -154,32 +154,27 @@ impl Aggregator {
             return;
         }
         self.now_ns = self.now_ns.max(ev.ts_ns);
-        let (old, new) = match ev.detail {
+        let (old, new, duration_ns) = match ev.detail {
             Detail::Retransmit { .. } => {
                 self.retransmits += 1;
                 return;
             }
             Detail::Signal { .. } => return,
-            Detail::State { old, new, .. } => (old.number(), new.number()),
+            Detail::State {
+                old,
+                new,
+                duration_ns,
+            } => (old.number(), new.number(), duration_ns),
         };
+        let key = Key::Sk(ev.sk);
         let starts = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
         // The kernel keeps an entry from a socket's first transition it handles until CLOSE,
         // and times every later one from it: a known socket's transition without a time in
         // state found no entry.
-        if !starts
-            && matches!(
-                ev.detail,
-                Detail::State {
-                    duration_ns: None,
-                    ..
-                }
-            )
-            && self.table.get(&Key::Sk(ev.sk)).is_some()
-        {
+        if !starts && duration_ns.is_none() && self.table.get(&key).is_some() {
             self.sock_map_evictions += 1;
         }
         *self.transitions.entry((old, new)).or_default() += 1;
-        let key = Key::Sk(ev.sk);
         let tuple = tuple_of(ev);
         // Most transitions only move a known socket to its next state.
         if !starts && new != state::CLOSE {
