@@ -11,7 +11,7 @@ mod report;
 use std::{
     fs,
     os::unix::process::CommandExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -128,11 +128,21 @@ pub fn run(args: &VmArgs) -> Result<()> {
             })
             .run()?;
             if accel == Accel::Auto {
-                if matches!(ended, Ended::NoBoot) {
-                    eprintln!(
-                        "xtask: vm: a KVM guest did not reach /init in {} s; using TCG from here on",
+                // Stuck in firmware, or qemu refused the host's CPU under KVM (an L1 hypervisor
+                // that rejects an MSR qemu sets has aborted it before the kernel started).
+                let failed = match ended {
+                    Ended::NoBoot => Some(format!(
+                        "did not reach /init in {} s",
                         KVM_BOOT_LIMIT.as_secs()
-                    );
+                    )),
+                    Ended::Exited if !report.booted => Some(format!(
+                        "exited before /init ({})",
+                        first_line(&log).unwrap_or_else(|| "no output".into())
+                    )),
+                    _ => None,
+                };
+                if let Some(why) = failed {
+                    eprintln!("xtask: vm: a KVM guest {why}; using TCG from here on");
                     accel = Accel::Tcg;
                     (report, ended) = boot(accel).run()?;
                 } else {
@@ -213,7 +223,7 @@ fn payload(tests: &[String]) -> Result<initramfs::Payload> {
 }
 
 /// The same body on this machine's kernel.
-fn host(payload: &initramfs::Payload, args: &VmArgs, dir: &std::path::Path) -> Result<Row> {
+fn host(payload: &initramfs::Payload, args: &VmArgs, dir: &Path) -> Result<Row> {
     let started = Instant::now();
     let tracer = payload.binaries[0].to_string_lossy().into_owned();
     let tests: Vec<(String, String)> = payload
@@ -243,4 +253,13 @@ fn host(payload: &initramfs::Payload, args: &VmArgs, dir: &std::path::Path) -> R
         report,
         log,
     })
+}
+
+/// The first line qemu or the guest wrote, to say why a boot failed.
+fn first_line(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
 }
