@@ -19,7 +19,7 @@ pub use event::{EventKind, OwnerSource, RawEvent};
 pub use filter::Filter;
 pub use layout::{FieldLoc, TpLayout};
 pub use marks::MarkTable;
-pub use sock::{ListenerOwner, ProcTraffic, SockInfo};
+pub use sock::{ListenerOwner, ProcTraffic, SOCK_WAYS, SockInfo, SockSet, sock_set, sock_sets};
 
 /// Address families as the tracepoints report them.
 pub const AF_INET: u16 = 2;

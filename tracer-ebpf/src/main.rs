@@ -10,6 +10,7 @@
 
 mod maps;
 mod record;
+mod table;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -28,7 +29,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, ring, socks},
+    maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, ring},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
@@ -316,8 +317,8 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         // The peer is not in the new socket yet (older kernels): emitted with the next one.
         // Without a map entry (map full) it goes out now, peer unknown, rather than never.
         track_owner(s, now);
-        if let Some(e) = socks().get_ptr_mut(sk) {
-            unsafe { (*e).open_pending = 1 };
+        if let Some(e) = table::lookup(sk) {
+            unsafe { (*e.info()).open_pending = 1 };
             if let Some(seen) = DEFERRED_OPENS.get_ptr_mut(0) {
                 unsafe { *seen = 1 };
             }
@@ -344,10 +345,10 @@ fn emit_pending_open(s: &mut Slot, now: u64) {
     if s.ev.old_state != state::SYN_RECV || !deferred_opens_seen() {
         return;
     }
-    let Some(e) = socks().get_ptr_mut(s.ev.sk) else {
+    let Some(e) = table::lookup(s.ev.sk) else {
         return;
     };
-    let e = unsafe { &mut *e };
+    let e = unsafe { &mut *e.info() };
     if e.open_pending == 0 {
         return;
     }
@@ -401,14 +402,15 @@ fn track_owner(s: &mut Slot, now: u64) {
     let entry = if starts_connection {
         None
     } else {
-        socks().get_ptr_mut(sk)
+        table::lookup(sk)
     };
+    let info = entry.map(|e| e.info());
     let ev = &mut s.ev;
 
     let (pid, comm, src) = if in_owner_context(old, new) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // The comm helper is the costly part: reuse the recorded one when the owner is unchanged.
-        let known = entry
+        let known = info
             .map(|e| unsafe { &*e })
             .filter(|e| e.pid == tgid && e.comm[0] != 0);
         let comm = match known {
@@ -416,7 +418,7 @@ fn track_owner(s: &mut Slot, now: u64) {
             None => bpf_get_current_comm().unwrap_or([0; 16]),
         };
         (tgid, comm, OwnerSource::Process)
-    } else if let Some(e) = entry {
+    } else if let Some(e) = info {
         let e = unsafe { &*e };
         (
             e.pid,
@@ -435,7 +437,7 @@ fn track_owner(s: &mut Slot, now: u64) {
     ev.comm = comm;
     ev.owner_src = src as u8;
 
-    match entry {
+    match info {
         Some(e) => {
             let e = unsafe { &mut *e };
             if e.last_ts != 0 {
@@ -469,9 +471,7 @@ fn track_owner(s: &mut Slot, now: u64) {
                 if starts_connection {
                     info.start_ts = now;
                 }
-                if socks().insert(sk, info, 0).is_err() {
-                    count(Counter::SockMapFull);
-                }
+                remember(sk, &info);
             }
         }
     }
@@ -495,8 +495,24 @@ fn track_owner(s: &mut Slot, now: u64) {
             let _ = LISTENERS.remove(ev.sport);
         }
     }
-    if new == state::CLOSE && entry.is_some() {
-        let _ = socks().remove(sk);
+    if new == state::CLOSE
+        && let Some(e) = entry
+    {
+        e.remove(sk);
+    }
+}
+
+/// Enters a socket in the socket table. Evicting a live socket is counted: it loses its owner
+/// and time in state. An entry whose socket is closed (it missed its `-> CLOSE`, which the
+/// kernel sometimes runs no program for) is not: freeing it is what should happen. A freed
+/// socket's memory keeps `TCP_CLOSE`; a new socket at the same address replaced the entry at
+/// its first transition.
+#[inline(always)]
+fn remember(sk: u64, info: &SockInfo) {
+    if let Some(victim) = table::insert(sk, info)
+        && sock_read::<u8>(victim, &SOCK_STATE) != Ok(state::CLOSE)
+    {
+        count(Counter::SockMapFull);
     }
 }
 
@@ -534,8 +550,8 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
 /// there for the socket's close record.
 #[inline(always)]
 fn owner_from_map(ev: &mut RawEvent) {
-    if let Some(e) = socks().get_ptr_mut(ev.sk) {
-        let e = unsafe { &mut *e };
+    if let Some(e) = table::lookup(ev.sk) {
+        let e = unsafe { &mut *e.info() };
         e.retransmits = e.retransmits.wrapping_add(1);
         ev.pid = e.pid;
         ev.comm = e.comm;
@@ -637,9 +653,8 @@ fn try_signal(
             ev.comm = o.comm;
             ev.owner_src = OwnerSource::Listener as u8;
         }
-    } else if ev.sk != 0
-        && let Some(e) = unsafe { socks().get(ev.sk) }
-    {
+    } else if let Some(e) = table::lookup(ev.sk) {
+        let e = unsafe { &*e.info() };
         ev.pid = e.pid;
         ev.comm = e.comm;
         ev.owner_src = e.owner_src;
@@ -687,9 +702,8 @@ fn try_count_bytes(
     let sk = rec.uint(&l.skaddr);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut comm = None;
-    let counted = socks()
-        .get_ptr_mut(sk)
-        .is_some_and(|e| count_on_entry(e, sk, tgid, &mut comm, dir, bytes));
+    let counted = table::lookup(sk)
+        .is_some_and(|e| count_on_entry(e.info(), sk, tgid, &mut comm, dir, bytes));
     if !counted {
         // No entry, or it went with a reset in the meantime (the close record is out): a fresh
         // one, which the socket's next connection replaces.
@@ -697,9 +711,7 @@ fn try_count_bytes(
         let mut info = SockInfo::new(sk, tgid, c, OwnerSource::Process as u8);
         info.netns = sock_netns(sk);
         add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
-        if socks().insert(sk, info, 0).is_err() {
-            count(Counter::SockMapFull);
-        }
+        remember(sk, &info);
     }
     proc_add(
         tgid,
@@ -711,11 +723,10 @@ fn try_count_bytes(
 }
 
 /// Owner and bytes into the entry `e` that the lookup of `sk` returned. This runs outside the
-/// socket lock, so a reset handled on another CPU may delete the key meanwhile and the element
-/// be recycled for another socket at once: the stored key is checked just before the owner is
-/// written and again after the bytes are added, and an add that landed on a recycled element is
-/// taken back. False when the element is no longer `sk`'s (the owner's window is a few
-/// instructions, not closed).
+/// socket lock, so a reset handled on another CPU may free the way meanwhile and another socket
+/// take it at once: the stored key is checked just before the owner is written and again after
+/// the bytes are added, and an add that landed on another socket's entry is taken back. False
+/// when the entry is no longer `sk`'s (the owner's window is a few instructions, not closed).
 #[inline(always)]
 fn count_on_entry(
     e: *mut SockInfo,

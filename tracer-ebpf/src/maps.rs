@@ -1,14 +1,11 @@
 //! Maps shared with userspace. Sizes here are defaults: userspace sets the real ones at load.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Counter, ListenerOwner, ProcTraffic, SockInfo, rings::RINGS};
-
-use crate::record::load;
+use tracer_common::{Counter, ListenerOwner, ProcTraffic, rings::RINGS};
 
 /// The event rings, one per CPU (see `tracer_common::rings`). Userspace sizes them at load;
 /// rings no CPU writes get the minimum.
@@ -34,30 +31,6 @@ rings!(
     6 => EVENTS_6, 7 => EVENTS_7, 8 => EVENTS_8, 9 => EVENTS_9, 10 => EVENTS_10,
     11 => EVENTS_11, 12 => EVENTS_12, 13 => EVENTS_13, 14 => EVENTS_14, 15 => EVENTS_15
 );
-
-/// Socket address -> owner and time of the last transition. Two maps, alike but for their LRU
-/// lists; userspace picks one at load (`SOCKS_PER_CPU`) and gives the other the minimum size.
-/// Per-CPU lists (`BPF_F_NO_COMMON_LRU`) take no lock another CPU wants on insert and delete,
-/// which every connection does once each; but each CPU may only hold its share of the entries.
-#[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(131_072, 0);
-#[map]
-pub static SOCKS_PCPU: LruHashMap<u64, SockInfo> =
-    LruHashMap::with_max_entries(131_072, BPF_F_NO_COMMON_LRU);
-
-/// 1: the socket map is `SOCKS_PCPU`. Frozen at load, so the verifier drops the other branch.
-#[unsafe(no_mangle)]
-static SOCKS_PER_CPU: u32 = 0;
-
-/// The socket map userspace chose.
-#[inline(always)]
-pub fn socks() -> &'static LruHashMap<u64, SockInfo> {
-    if load(&SOCKS_PER_CPU) != 0 {
-        &SOCKS_PCPU
-    } else {
-        &SOCKS
-    }
-}
 
 /// Process (tgid) -> application bytes it moved over TCP.
 #[map]

@@ -27,7 +27,6 @@ pub mod recursion;
 pub mod rings;
 pub mod session;
 pub mod snapshot;
-pub mod sockmap;
 pub mod stats;
 pub mod stream;
 pub mod top;

@@ -64,7 +64,9 @@ impl LossCause {
         match self {
             Self::RingbufFull => "ring buffer full: raise --ring-size or reduce output work",
             Self::RecursionMiss => "program skipped while another BPF program ran on the CPU",
-            Self::SockMapFull => "socket map update failed: owners/durations missing",
+            Self::SockMapFull => {
+                "socket table set full: a live socket was evicted, its owner/durations missing"
+            }
             Self::ListenerMapFull => "listener map full: passive owners missing",
             Self::ProcMapFull => "process traffic map full: some bytes not counted",
             Self::Decode => "undecodable ring buffer record",

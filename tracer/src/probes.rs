@@ -17,6 +17,7 @@ use aya::{
 use tracer_common::{
     COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout,
     rings::{RING_MAPS, RINGS},
+    sock_sets,
 };
 
 use crate::{
@@ -24,7 +25,6 @@ use crate::{
     links::Links,
     loss::{LossCause, LossTotals},
     recursion::CatcherSkips,
-    sockmap::SockLists,
     tracefs::{Tracefs, TracefsError},
 };
 
@@ -125,8 +125,8 @@ pub struct Probes {
     links: Option<Links>,
     /// How many event rings the CPUs write.
     rings: usize,
-    /// The LRU lists of the kernel's socket map.
-    pub sock_lists: SockLists,
+    /// Sets of the kernel's socket table (`SOCK_WAYS` sockets each).
+    pub socket_sets: u32,
     /// Events the reader delivered after later ones (see `merge`); the reader writes it.
     late: Arc<AtomicU64>,
 }
@@ -284,21 +284,10 @@ impl Probes {
             loader.override_global("SKB_DEV", &sock.skb_dev, true);
             loader.override_global("DEV_NET", &sock.dev_net, true);
         }
-        // Without a CPU count the per-CPU share is unknown: keep the shared list.
-        let sock_lists = cpus.map_or(SockLists::Shared, |n| {
-            SockLists::choose(opts.max_sockets, n)
-        });
-        // The map not chosen is never used: the smallest size either kind accepts.
-        let unused = u32::try_from(cpus.unwrap_or(1).max(1)).unwrap_or(u32::MAX);
-        let (used, not_used) = match sock_lists {
-            SockLists::PerCpu => ("SOCKS_PCPU", "SOCKS"),
-            SockLists::Shared => ("SOCKS", "SOCKS_PCPU"),
-        };
-        let per_cpu = u32::from(sock_lists == SockLists::PerCpu);
+        let socket_sets = sock_sets(opts.max_sockets);
         loader
-            .override_global("SOCKS_PER_CPU", &per_cpu, true)
-            .map_max_entries(used, opts.max_sockets)
-            .map_max_entries(not_used, unused);
+            .override_global("SOCK_SETS", &socket_sets, true)
+            .map_max_entries("SOCK_TABLE", socket_sets);
         let bytes_at_close = bytes_at_close(&layouts, sock_layout.as_ref(), &mut degraded);
         if let Some(b) = &bytes_at_close {
             loader.override_global("BYTES_AT_CLOSE", &1u32, true);
@@ -384,7 +373,7 @@ impl Probes {
             undelivered,
             links: Some(links),
             rings,
-            sock_lists,
+            socket_sets,
             late: Arc::default(),
         })
     }

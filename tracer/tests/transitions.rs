@@ -165,12 +165,11 @@ fn orderly_close_from_client_ipv6() {
     }
 }
 
-/// Below 16384 sockets per CPU the socket map keeps one LRU list for all CPUs instead of one
-/// per CPU (at the default size, hosts with more than 16 CPUs): attribution must not change.
+/// The smallest socket table (128 sets): attribution must not change.
 #[test]
-fn orderly_close_with_a_shared_socket_map_lru() {
-    if kernel_available("orderly_close_with_a_shared_socket_map_lru") {
-        orderly_client_first("127.0.0.1", 4, &["--max-sockets", "8192"]);
+fn orderly_close_with_the_smallest_socket_table() {
+    if kernel_available("orderly_close_with_the_smallest_socket_table") {
+        orderly_client_first("127.0.0.1", 4, &["--max-sockets", "1024"]);
     }
 }
 

@@ -379,9 +379,9 @@ impl Metrics {
         );
         t.register(
             "sock_map_evictions",
-            "Transitions of followed sockets whose entry in the kernel's socket map (an LRU map \
-             of --max-sockets entries) had been evicted: no time in state, owner unknown until \
-             its process acts again",
+            "Transitions of followed sockets whose entry in the kernel's socket table \
+             (--max-sockets entries in sets of 8) had been evicted: no time in state, owner \
+             unknown until its process acts again",
             self.sock_map_evictions.clone(),
         );
         t.register(

@@ -188,7 +188,7 @@ fn log_start(live: &Live) {
     info!(
         programs = %programs.join(","),
         recovery = live.probes.catcher,
-        socket_map_lru = live.probes.sock_lists.name(),
+        socket_table_sets = live.probes.socket_sets,
         "attached"
     );
     for d in &live.probes.degraded {

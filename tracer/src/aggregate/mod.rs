@@ -102,7 +102,7 @@ pub struct Aggregator {
     /// Entries found under an address at which a new connection started: their close was lost.
     pub stale_entries: u64,
     /// Transitions of sockets followed since an earlier transition whose entry in the kernel's
-    /// socket map had gone (evicted from the LRU map): they come without a time in state, and
+    /// socket table had gone (evicted from a full set): they come without a time in state, and
     /// their owner is known again only once its process acts on the socket.
     pub sock_map_evictions: u64,
     pub other_netns: u64,

@@ -126,7 +126,7 @@ pub struct StreamArgs {
     /// optional K/M/G suffix.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring_size)]
     pub ring_size: u32,
-    /// Capacity of the kernel's socket owner map (sockets tracked at once).
+    /// Capacity of the kernel's socket table (sockets tracked at once), in sets of 8.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
     /// When the kernel wakes the reader (batched is cheaper per event; see BENCHMARKS.md).
