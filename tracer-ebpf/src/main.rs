@@ -506,13 +506,18 @@ fn track_owner(s: &mut Slot, now: u64) {
 /// and time in state. An entry whose socket is closed (it missed its `-> CLOSE`, which the
 /// kernel sometimes runs no program for) is not: freeing it is what should happen. A freed
 /// socket's memory keeps `TCP_CLOSE`; a new socket at the same address replaced the entry at
-/// its first transition.
+/// its first transition. A socket the table could not take (its set claimed by other CPUs
+/// throughout) is counted the same way: it has no owner either.
 #[inline(always)]
 fn remember(sk: u64, info: &SockInfo) {
-    if let Some(victim) = table::insert(sk, info)
-        && sock_read::<u8>(victim, &SOCK_STATE) != Ok(state::CLOSE)
-    {
-        count(Counter::SockMapFull);
+    match table::insert(sk, info) {
+        table::STORED => {}
+        table::FAILED => count(Counter::SockMapFull),
+        victim => {
+            if sock_read::<u8>(victim, &SOCK_STATE) != Ok(state::CLOSE) {
+                count(Counter::SockMapFull);
+            }
+        }
     }
 }
 

@@ -5,16 +5,26 @@
 //! The price is that a full set evicts one of its sockets while other sets have room; the
 //! caller counts every eviction of a live socket.
 //!
-//! There is no lock. A socket's transitions are serialized by the kernel (socket lock or its
-//! softirq), so only two sockets of one set racing to insert, or an eviction racing another
-//! CPU's write to the evicted entry, can collide; the entry's own `sk` tells a writer that its
-//! socket lost the way (see `count_on_entry`).
+//! A socket's own transitions are serialized by the kernel (socket lock or its softirq), so
+//! reading and updating a socket's entry needs no lock. Taking a way (free or evicted) and
+//! freeing one do: two CPUs entering sockets of one set would otherwise both pick the same free
+//! way and one socket would vanish uncounted (CI's full-rate churn test caught exactly that).
+//! Those go through a per-set claim word (see `Claim`), twice per connection, not per
+//! transition. An eviction can still race another CPU's send/recv write to the evicted entry;
+//! the entry's own `sk` tells that writer its socket lost the way (see `count_on_entry`).
+//!
+//! The verifier walks this code once per distinct state of its callers, so its cost is kept
+//! low: the claim's attempts are one out-of-line function, and no loop has a count the verifier
+//! must track (a claim with a spin loop and an unclaimed fallback scan took 6.1's verifier past
+//! its million instructions, and 5.10's rejected it).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::Array;
-use tracer_common::{Counter, SOCK_WAYS, SockInfo, SockSet, sock_set};
+use tracer_common::{SOCK_WAYS, SockInfo, SockSet, sock_set};
 
-use crate::{maps::count, record::load};
+use crate::record::load;
 
 /// Sized by userspace at load (`--max-sockets` / `SOCK_WAYS` sets).
 #[map]
@@ -26,9 +36,68 @@ static SOCK_SETS: u32 = 32_768;
 
 const WAY_MASK: usize = SOCK_WAYS - 1;
 
+/// One claim word per set of `SOCK_TABLE`, sized with it. Apart from the sets, so that the keys
+/// of every set stay on one cache line.
+#[map]
+static SOCK_CLAIMS: Array<u64> = Array::with_max_entries(32_768, 0);
+
+/// Attempts at a busy claim word before giving up. The holder's section is a scan of one cache
+/// line and a 72-byte copy, which these attempts outlast many times over, unless the holder
+/// was interrupted (on this CPU: then it cannot finish first) or its vCPU descheduled. Giving up
+/// leaves the socket out of the table, counted as `sock_map_full`.
+const CLAIM_ATTEMPTS: u32 = 16;
+
+/// Reads of the claim word between two attempts: a pause without hammering the line with locked
+/// adds, unrolled, so the verifier has no loop count to track.
+const CLAIM_PAUSE: u32 = 8;
+
+/// A try-lock built from the atomic add every BPF kernel has (compare-and-swap needs 5.12 and
+/// BPF ISA v3): add 1, read back, and hold the set only if the word is 1. Of two CPUs whose
+/// adds overlap, the later add's read includes the earlier add (per-location coherence), so at
+/// most one sees 1; both may see 2, and both back off. x86's locked add is a full barrier, so
+/// the holder's writes are visible to the next holder.
+struct Claim(*mut u64);
+
+impl Claim {
+    #[inline(always)]
+    fn take(idx: u32) -> Option<Self> {
+        let word = SOCK_CLAIMS.get_ptr_mut(idx)?;
+        (try_claim(word) != 0).then_some(Self(word))
+    }
+
+    #[inline(always)]
+    fn release(self) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, u64::MAX) };
+    }
+}
+
+/// `Claim::take`'s attempts (1 when claimed), out of line: inlined at each insert and free,
+/// they doubled the transition program.
+#[inline(never)]
+fn try_claim(word: *mut u64) -> u32 {
+    let mut attempt = 0;
+    while attempt < CLAIM_ATTEMPTS {
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(word, 1);
+            if core::ptr::read_volatile(word) == 1 {
+                return 1;
+            }
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(word, u64::MAX);
+        }
+        attempt += 1;
+        let mut read = 0;
+        while read < CLAIM_PAUSE {
+            unsafe { core::ptr::read_volatile(word) };
+            read += 1;
+        }
+    }
+    0
+}
+
 /// A socket's entry: its set and way.
 #[derive(Clone, Copy)]
 pub struct Entry {
+    idx: u32,
     set: *mut SockSet,
     way: usize,
 }
@@ -45,21 +114,30 @@ impl Entry {
         unsafe { (&raw mut (*self.set).keys as *mut u64).add(self.way & WAY_MASK) }
     }
 
-    /// Frees the way, unless another socket took it meanwhile.
+    /// Frees the way, unless another socket took it meanwhile (an eviction). If the set stays
+    /// claimed the entry stays too: the next socket at this address reuses it, and an eviction
+    /// takes it as a closed socket's, uncounted.
     #[inline(always)]
     pub fn remove(self, sk: u64) {
         let key = self.key();
-        unsafe {
-            if core::ptr::read_volatile(key) == sk {
-                core::ptr::write_volatile(key, 0);
+        if unsafe { core::ptr::read_volatile(key) } != sk {
+            return;
+        }
+        if let Some(claim) = Claim::take(self.idx) {
+            unsafe {
+                if core::ptr::read_volatile(key) == sk {
+                    core::ptr::write_volatile(key, 0);
+                }
             }
+            claim.release();
         }
     }
 }
 
 #[inline(always)]
-fn set_of(sk: u64) -> Option<*mut SockSet> {
-    SOCK_TABLE.get_ptr_mut(sock_set(sk, load(&SOCK_SETS)))
+fn set_of(sk: u64) -> Option<(u32, *mut SockSet)> {
+    let idx = sock_set(sk, load(&SOCK_SETS));
+    Some((idx, SOCK_TABLE.get_ptr_mut(idx)?))
 }
 
 /// The entry of socket `sk`, if the table holds one.
@@ -68,29 +146,46 @@ pub fn lookup(sk: u64) -> Option<Entry> {
     if sk == 0 {
         return None;
     }
-    let set = set_of(sk)?;
+    let (idx, set) = set_of(sk)?;
     let keys = unsafe { &raw const (*set).keys as *const u64 };
     let mut way = 0;
     while way < SOCK_WAYS {
         if unsafe { core::ptr::read_volatile(keys.add(way)) } == sk {
-            return Some(Entry { set, way });
+            return Some(Entry { idx, set, way });
         }
         way += 1;
     }
     None
 }
 
+/// `insert` stored the entry (in the socket's own way or a free one). Any other result but
+/// `FAILED` is the address of the socket evicted for it (never 0 or 1). An integer rather than
+/// an enum with a payload, whose unset payload LLVM may spill and reload on the other paths:
+/// 5.10's verifier rejects reading a stack slot that was never written.
+pub const STORED: u64 = 0;
+/// `insert` found no set for the socket, or its set stayed claimed: the socket has no entry.
+pub const FAILED: u64 = 1;
+
 /// Stores `info` as socket `sk`'s entry: in its own way if it has one, else in a free way, else
-/// in the way of the set's socket with the oldest last transition. Returns the socket evicted
-/// from that way, if any.
+/// in the way of the set's socket with the oldest last transition.
 #[inline(always)]
-pub fn insert(sk: u64, info: &SockInfo) -> Option<u64> {
+pub fn insert(sk: u64, info: &SockInfo) -> u64 {
     if sk == 0 {
-        return None;
+        return STORED;
     }
-    let Some(set) = set_of(sk) else {
-        count(Counter::SockMapFull);
-        return None;
+    let Some((idx, set)) = set_of(sk) else {
+        return FAILED;
+    };
+    take_way(idx, set, sk, info)
+}
+
+/// `insert` under the set's claim, after a rescan (a send/recv on another CPU may have entered
+/// the socket meanwhile). Inline: out of line it cost the verifier more (each caller state
+/// walks it again anyway) and its frame took 6.1's combined stack past 512 bytes.
+#[inline(always)]
+fn take_way(idx: u32, set: *mut SockSet, sk: u64, info: &SockInfo) -> u64 {
+    let Some(claim) = Claim::take(idx) else {
+        return FAILED;
     };
     let keys = unsafe { &raw mut (*set).keys as *mut u64 };
     let mut free = SOCK_WAYS;
@@ -107,25 +202,31 @@ pub fn insert(sk: u64, info: &SockInfo) -> Option<u64> {
         }
         way += 1;
     }
-    let (way, evicted) = if own < SOCK_WAYS {
-        (own, None)
+    let (way, result) = if own < SOCK_WAYS {
+        (own, STORED)
     } else if free < SOCK_WAYS {
-        (free, None)
+        (free, STORED)
     } else {
         let way = oldest(set);
-        (
-            way,
-            Some(unsafe { core::ptr::read_volatile(keys.add(way & WAY_MASK)) }),
-        )
+        (way, unsafe {
+            core::ptr::read_volatile(keys.add(way & WAY_MASK))
+        })
     };
-    let e = Entry { set, way };
+    let e = Entry { idx, set, way };
     unsafe {
-        // Key last: a lookup of `sk` finds the entry only once it is written.
-        core::ptr::write_volatile(e.key(), 0);
-        *e.info() = *info;
-        core::ptr::write_volatile(e.key(), sk);
+        if own < SOCK_WAYS {
+            // The key stays: clearing it would show the way as free to an unclaimed insert.
+            *e.info() = *info;
+        } else {
+            // Key last: a lookup of `sk` finds the entry only once it is written, and a lookup
+            // of an evicted socket finds nothing rather than this socket's entry.
+            core::ptr::write_volatile(e.key(), 0);
+            *e.info() = *info;
+            core::ptr::write_volatile(e.key(), sk);
+        }
     }
-    evicted
+    claim.release();
+    result
 }
 
 /// The way whose socket made its last transition longest ago (entries with none, filled by

@@ -287,7 +287,8 @@ impl Probes {
         let socket_sets = sock_sets(opts.max_sockets);
         loader
             .override_global("SOCK_SETS", &socket_sets, true)
-            .map_max_entries("SOCK_TABLE", socket_sets);
+            .map_max_entries("SOCK_TABLE", socket_sets)
+            .map_max_entries("SOCK_CLAIMS", socket_sets);
         let bytes_at_close = bytes_at_close(&layouts, sock_layout.as_ref(), &mut degraded);
         if let Some(b) = &bytes_at_close {
             loader.override_global("BYTES_AT_CLOSE", &1u32, true);
