@@ -167,7 +167,10 @@ pub const STORED: u64 = 0;
 pub const FAILED: u64 = 1;
 
 /// Stores `info` as socket `sk`'s entry: in its own way if it has one, else in a free way, else
-/// in the way of the set's socket with the oldest last transition.
+/// in the way of the set's socket with the oldest last transition. Under the set's claim, after
+/// a rescan (a send/recv on another CPU may have entered the socket meanwhile). Inline: out of
+/// line it cost the verifier more (each caller state walks it again anyway) and its frame took
+/// 6.1's combined stack past 512 bytes.
 #[inline(always)]
 pub fn insert(sk: u64, info: &SockInfo) -> u64 {
     if sk == 0 {
@@ -176,14 +179,6 @@ pub fn insert(sk: u64, info: &SockInfo) -> u64 {
     let Some((idx, set)) = set_of(sk) else {
         return FAILED;
     };
-    take_way(idx, set, sk, info)
-}
-
-/// `insert` under the set's claim, after a rescan (a send/recv on another CPU may have entered
-/// the socket meanwhile). Inline: out of line it cost the verifier more (each caller state
-/// walks it again anyway) and its frame took 6.1's combined stack past 512 bytes.
-#[inline(always)]
-fn take_way(idx: u32, set: *mut SockSet, sk: u64, info: &SockInfo) -> u64 {
     let Some(claim) = Claim::take(idx) else {
         return FAILED;
     };
@@ -215,7 +210,7 @@ fn take_way(idx: u32, set: *mut SockSet, sk: u64, info: &SockInfo) -> u64 {
     let e = Entry { idx, set, way };
     unsafe {
         if own < SOCK_WAYS {
-            // The key stays: clearing it would show the way as free to an unclaimed insert.
+            // The key stays: clearing it would hide the entry from a send/recv's lookup.
             *e.info() = *info;
         } else {
             // Key last: a lookup of `sk` finds the entry only once it is written, and a lookup

@@ -65,7 +65,8 @@ impl LossCause {
             Self::RingbufFull => "ring buffer full: raise --ring-size or reduce output work",
             Self::RecursionMiss => "program skipped while another BPF program ran on the CPU",
             Self::SockMapFull => {
-                "socket table set full: a live socket was evicted, its owner/durations missing"
+                "socket table: a live socket evicted from a full set, or one left out while its \
+                 set stayed claimed; owners/durations missing"
             }
             Self::ListenerMapFull => "listener map full: passive owners missing",
             Self::ProcMapFull => "process traffic map full: some bytes not counted",
