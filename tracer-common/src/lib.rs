@@ -12,6 +12,7 @@ pub mod layout;
 pub mod marks;
 pub mod rings;
 pub mod sock;
+pub mod stage;
 pub mod state;
 
 pub use config::{Config, Counter, WakeupMode};

@@ -10,6 +10,7 @@
 
 mod maps;
 mod record;
+mod stage;
 mod table;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -25,11 +26,13 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, Config, Counter, EventKind, FieldLoc, IPPROTO_TCP, ListenerOwner,
-    OwnerSource, ProcTraffic, RawEvent, SockInfo, TpLayout, WakeupMode, state,
+    OwnerSource, ProcTraffic, RawEvent, SockInfo, TpLayout, WakeupMode,
+    stage::{FLUSH_BUSY, STAGE_EVENTS, Stage},
+    state,
 };
 
 use crate::{
-    maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, ring},
+    maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, count_n, ring},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
 
@@ -399,12 +402,14 @@ fn track_owner(s: &mut Slot, now: u64) {
     // A transition out of CLOSE, or a listener's new child, starts a new connection at an
     // address that may have been used before: nothing recorded for it applies.
     let starts_connection = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
+    // Not an `Option<Entry>`: its unset payload on the `None` path became a stack slot LLVM
+    // reloads on a later path, which 5.10's verifier rejects as a read of uninitialized stack.
     let entry = if starts_connection {
-        None
+        table::Entry::NONE
     } else {
-        table::lookup(sk)
+        table::find(sk)
     };
-    let info = entry.map(|e| e.info());
+    let info = entry.found().then(|| entry.info());
     let ev = &mut s.ev;
 
     let (pid, comm, src) = if in_owner_context(old, new) {
@@ -495,10 +500,8 @@ fn track_owner(s: &mut Slot, now: u64) {
             let _ = LISTENERS.remove(ev.sport);
         }
     }
-    if new == state::CLOSE
-        && let Some(e) = entry
-    {
-        e.remove(sk);
+    if new == state::CLOSE && entry.found() {
+        entry.remove(sk);
     }
 }
 
@@ -836,50 +839,125 @@ fn add_bytes(sent: *mut u64, received: *mut u64, dir: Direction, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n) };
 }
 
-/// How often (in records per CPU) batched mode checks whether to force a wakeup. Reading the
+/// How often (in events per CPU) batched mode checks whether to force a wakeup. Reading the
 /// pending byte count touches the consumer's cache line, which costs more than the rest of the
 /// output path; the reader also drains on a timer, so nothing waits long.
 const WAKEUP_CHECK_EVERY: u64 = 64;
 
 /// The least time between two wakeups one CPU forces. A forced wakeup raises a self-interrupt
 /// (an `irq_work`), which costs microseconds in a VM; while the reader drains, more records
-/// keep the pending bytes above the threshold, and without this gap every 64th of them would
-/// raise another one.
+/// keep the pending bytes above the threshold, and without this gap every check would raise
+/// another one.
 const WAKEUP_GAP_NS: u64 = 2_000_000;
 
-/// Applies the filter and writes the event to the ring buffer, counting every failure.
+/// Applies the filter and stages the event, or writes it to the ring buffer when staging is off
+/// or a program this one interrupted is staging on this CPU. Counts every failure.
 #[inline(always)]
 fn emit(slot: &mut Slot) -> Result<(), i64> {
     let ev = &slot.ev;
     if load(&CONFIG.filter.flags) != 0 && !load(&CONFIG.filter).matches(ev) {
         return Ok(());
     }
-    let events = ring();
     if ev.pid == 0 {
         count(Counter::OwnerUnknown);
     }
-    let flags: u32 = if load(&CONFIG.wakeup_mode) == WakeupMode::Batched as u32 {
-        slot.emitted = slot.emitted.wrapping_add(1);
-        if slot.emitted.is_multiple_of(WAKEUP_CHECK_EVERY)
-            && ev.ts_ns.wrapping_sub(slot.woke_ns) >= WAKEUP_GAP_NS
-            && events.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
-        {
-            slot.woke_ns = ev.ts_ns;
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        }
-    } else {
-        0
+    let Some(st) = stage::this_cpu().filter(|st| stage::on(st) && !stage::busy(st)) else {
+        let flags = wakeup_flags(slot, 1);
+        return write(core::array::from_ref(&slot.ev), flags);
     };
-    match events.output::<RawEvent>(&slot.ev, flags.into()) {
+    stage::claim(st);
+    let mut result = Ok(());
+    if stage::full(st) {
+        // Never left full (see below); kept for a stage some bug left so.
+        result = write(&st.events, BPF_RB_NO_WAKEUP.into());
+        st.count = 0;
+    }
+    stage::append(st, &slot.ev);
+    if stage::full(st) {
+        let flags = wakeup_flags(slot, STAGE_EVENTS as u64);
+        result = write(&st.events, flags);
+        st.count = 0;
+    }
+    stage::release(st);
+    result
+}
+
+/// The wakeup flags of a record of `n` events written from `slot`'s program.
+#[inline(always)]
+fn wakeup_flags(slot: &mut Slot, n: u64) -> u64 {
+    if load(&CONFIG.wakeup_mode) != WakeupMode::Batched as u32 {
+        return 0;
+    }
+    let before = slot.emitted;
+    slot.emitted = before.wrapping_add(n);
+    let ts = slot.ev.ts_ns;
+    if before / WAKEUP_CHECK_EVERY != slot.emitted / WAKEUP_CHECK_EVERY
+        && ts.wrapping_sub(slot.woke_ns) >= WAKEUP_GAP_NS
+        && ring().query(BPF_RB_AVAIL_DATA.into()) >= u64::from(load(&CONFIG.wakeup_bytes))
+    {
+        slot.woke_ns = ts;
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
+/// Writes one record of `N` events to this CPU's ring; every event of a record that does not fit
+/// is counted lost. `N` is a constant: a size computed from the staged count lost its bounds on
+/// the way to the helper call in 6.1's verifier.
+#[inline(always)]
+fn write<const N: usize>(events: &[RawEvent; N], flags: u64) -> Result<(), i64> {
+    match ring().output::<[RawEvent; N]>(events, flags) {
         Ok(()) => Ok(()),
         Err(e) => {
-            count(Counter::RingbufFull);
+            count_n(Counter::RingbufFull, N as u64);
             Err(e.into())
         }
     }
 }
+
+/// Writes the first `N` staged events as one record.
+#[inline(always)]
+fn write_staged<const N: usize>(st: &Stage) {
+    const { assert!(N >= 1 && N <= STAGE_EVENTS) };
+    // SAFETY: the first N of the stage's STAGE_EVENTS events.
+    let events = unsafe { &*(st.events.as_ptr() as *const [RawEvent; N]) };
+    // The reader drains right after a flush: no wakeup.
+    let _ = write(events, BPF_RB_NO_WAKEUP.into());
+}
+
+/// Writes this CPU's partial batch to its ring. Never attached: userspace runs it on each CPU
+/// with staged events before it drains (`BPF_PROG_TEST_RUN` on that CPU). Returns
+/// `FLUSH_BUSY` when it interrupted a program that was staging; userspace then runs it again.
+#[raw_tracepoint]
+pub fn flush_stage(_ctx: RawTracePointContext) -> i32 {
+    let Some(st) = stage::this_cpu() else {
+        return 0;
+    };
+    if stage::busy(st) {
+        return FLUSH_BUSY as i32;
+    }
+    stage::claim(st);
+    match st.count {
+        1 => write_staged::<1>(st),
+        2 => write_staged::<2>(st),
+        3 => write_staged::<3>(st),
+        4 => write_staged::<4>(st),
+        5 => write_staged::<5>(st),
+        6 => write_staged::<6>(st),
+        7 => write_staged::<7>(st),
+        8 => write_staged::<8>(st),
+        _ => {}
+    }
+    st.count = 0;
+    stage::release(st);
+    0
+}
+
+const _: () = assert!(
+    STAGE_EVENTS == 8,
+    "flush_stage's arms cover 1 to STAGE_EVENTS events"
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -55,3 +55,11 @@ pub fn count(c: Counter) {
         unsafe { *v += 1 };
     }
 }
+
+/// Adds `n` to a counter (the events of a batch record that did not fit).
+#[inline(always)]
+pub fn count_n(c: Counter, n: u64) {
+    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+        unsafe { *v += n };
+    }
+}

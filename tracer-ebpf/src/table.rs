@@ -9,8 +9,10 @@
 //! reading and updating a socket's entry needs no lock. Taking a way (free or evicted) and
 //! freeing one do: two CPUs entering sockets of one set would otherwise both pick the same free
 //! way and one socket would vanish uncounted (CI's full-rate churn test caught exactly that).
-//! Those go through a per-set claim word (see `Claim`), twice per connection, not per
-//! transition. An eviction can still race another CPU's send/recv write to the evicted entry;
+//! Those go through a per-set claim word (see `Claim`), twice per socket, not per
+//! transition. The claim word shares the keys' cache line: as a map of its own it cost a cold
+//! miss of its own at every claim (perf: a fifth of the transition program's samples, with
+//! the map's values 16 bytes off cache-line alignment besides). An eviction can still race another CPU's send/recv write to the evicted entry;
 //! the entry's own `sk` tells that writer its socket lost the way (see `count_on_entry`).
 //!
 //! The verifier walks this code once per distinct state of its callers, so its cost is kept
@@ -20,26 +22,25 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::Array;
+use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use tracer_common::{SOCK_WAYS, SockInfo, SockSet, sock_set};
 
 use crate::record::load;
 
-/// Sized by userspace at load (`--max-sockets` / `SOCK_WAYS` sets).
+/// Sized by userspace at load (`--max-sockets` / `SOCK_WAYS` sets). Memory-mappable only so
+/// that the kernel page-aligns its values, which puts each set's claim and keys on one line.
 #[map]
-static SOCK_TABLE: Array<SockSet> = Array::with_max_entries(32_768, 0);
+static SOCK_TABLE: Array<SockSet> = Array::with_max_entries(32_768, BPF_F_MMAPABLE);
 
 /// Number of sets in `SOCK_TABLE`, set by userspace at load.
 #[unsafe(no_mangle)]
 static SOCK_SETS: u32 = 32_768;
 
-const WAY_MASK: usize = SOCK_WAYS - 1;
-
-/// One claim word per set of `SOCK_TABLE`, sized with it. Apart from the sets, so that the keys
-/// of every set stay on one cache line.
-#[map]
-static SOCK_CLAIMS: Array<u64> = Array::with_max_entries(32_768, 0);
+/// A way index the verifier can see is in bounds.
+#[inline(always)]
+fn bounded(way: usize) -> usize {
+    if way < SOCK_WAYS { way } else { SOCK_WAYS - 1 }
+}
 
 /// Attempts at a busy claim word before giving up. The holder's section is a scan of one cache
 /// line and a 72-byte copy, which these attempts outlast many times over, unless the holder
@@ -60,8 +61,8 @@ struct Claim(*mut u64);
 
 impl Claim {
     #[inline(always)]
-    fn take(idx: u32) -> Option<Self> {
-        let word = SOCK_CLAIMS.get_ptr_mut(idx)?;
+    fn take(set: *mut SockSet) -> Option<Self> {
+        let word = unsafe { &raw mut (*set).claim };
         (try_claim(word) != 0).then_some(Self(word))
     }
 
@@ -94,24 +95,33 @@ fn try_claim(word: *mut u64) -> u32 {
     0
 }
 
-/// A socket's entry: its set and way.
+/// A socket's entry: its set and way, or no entry (a null set).
 #[derive(Clone, Copy)]
 pub struct Entry {
-    idx: u32,
     set: *mut SockSet,
     way: usize,
 }
 
 impl Entry {
+    pub const NONE: Self = Self {
+        set: core::ptr::null_mut(),
+        way: 0,
+    };
+
+    #[inline(always)]
+    pub fn found(self) -> bool {
+        !self.set.is_null()
+    }
+
     /// The entry's value. Raw, because other CPUs may write it too.
     #[inline(always)]
     pub fn info(self) -> *mut SockInfo {
-        unsafe { (&raw mut (*self.set).infos as *mut SockInfo).add(self.way & WAY_MASK) }
+        unsafe { (&raw mut (*self.set).infos as *mut SockInfo).add(bounded(self.way)) }
     }
 
     #[inline(always)]
     fn key(self) -> *mut u64 {
-        unsafe { (&raw mut (*self.set).keys as *mut u64).add(self.way & WAY_MASK) }
+        unsafe { (&raw mut (*self.set).keys as *mut u64).add(bounded(self.way)) }
     }
 
     /// Frees the way, unless another socket took it meanwhile (an eviction). If the set stays
@@ -123,7 +133,7 @@ impl Entry {
         if unsafe { core::ptr::read_volatile(key) } != sk {
             return;
         }
-        if let Some(claim) = Claim::take(self.idx) {
+        if let Some(claim) = Claim::take(self.set) {
             unsafe {
                 if core::ptr::read_volatile(key) == sk {
                     core::ptr::write_volatile(key, 0);
@@ -135,27 +145,35 @@ impl Entry {
 }
 
 #[inline(always)]
-fn set_of(sk: u64) -> Option<(u32, *mut SockSet)> {
-    let idx = sock_set(sk, load(&SOCK_SETS));
-    Some((idx, SOCK_TABLE.get_ptr_mut(idx)?))
+fn set_of(sk: u64) -> Option<*mut SockSet> {
+    SOCK_TABLE.get_ptr_mut(sock_set(sk, load(&SOCK_SETS)))
 }
 
 /// The entry of socket `sk`, if the table holds one.
 #[inline(always)]
 pub fn lookup(sk: u64) -> Option<Entry> {
+    let e = find(sk);
+    e.found().then_some(e)
+}
+
+/// The entry of socket `sk`, or [`Entry::NONE`].
+#[inline(always)]
+pub fn find(sk: u64) -> Entry {
     if sk == 0 {
-        return None;
+        return Entry::NONE;
     }
-    let (idx, set) = set_of(sk)?;
+    let Some(set) = set_of(sk) else {
+        return Entry::NONE;
+    };
     let keys = unsafe { &raw const (*set).keys as *const u64 };
     let mut way = 0;
     while way < SOCK_WAYS {
         if unsafe { core::ptr::read_volatile(keys.add(way)) } == sk {
-            return Some(Entry { idx, set, way });
+            return Entry { set, way };
         }
         way += 1;
     }
-    None
+    Entry::NONE
 }
 
 /// `insert` stored the entry (in the socket's own way or a free one). Any other result but
@@ -176,10 +194,10 @@ pub fn insert(sk: u64, info: &SockInfo) -> u64 {
     if sk == 0 {
         return STORED;
     }
-    let Some((idx, set)) = set_of(sk) else {
+    let Some(set) = set_of(sk) else {
         return FAILED;
     };
-    let Some(claim) = Claim::take(idx) else {
+    let Some(claim) = Claim::take(set) else {
         return FAILED;
     };
     let keys = unsafe { &raw mut (*set).keys as *mut u64 };
@@ -204,10 +222,10 @@ pub fn insert(sk: u64, info: &SockInfo) -> u64 {
     } else {
         let way = oldest(set);
         (way, unsafe {
-            core::ptr::read_volatile(keys.add(way & WAY_MASK))
+            core::ptr::read_volatile(keys.add(bounded(way)))
         })
     };
-    let e = Entry { idx, set, way };
+    let e = Entry { set, way };
     unsafe {
         if own < SOCK_WAYS {
             // The key stays: clearing it would hide the entry from a send/recv's lookup.

@@ -27,6 +27,7 @@ pub mod recursion;
 pub mod rings;
 pub mod session;
 pub mod snapshot;
+pub mod stage;
 pub mod stats;
 pub mod stream;
 pub mod top;

@@ -15,9 +15,10 @@ use aya::{
     programs::{TracePoint, raw_trace_point::RawTracePointLink},
 };
 use tracer_common::{
-    COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout,
+    COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout, WakeupMode,
     rings::{RING_MAPS, RINGS},
     sock_sets,
+    stage::{FLUSH_PROGRAM, STAGE_MAP},
 };
 
 use crate::{
@@ -25,6 +26,7 @@ use crate::{
     links::Links,
     loss::{LossCause, LossTotals},
     recursion::CatcherSkips,
+    stage::Stages,
     tracefs::{Tracefs, TracefsError},
 };
 
@@ -129,6 +131,8 @@ pub struct Probes {
     pub socket_sets: u32,
     /// Events the reader delivered after later ones (see `merge`); the reader writes it.
     late: Arc<AtomicU64>,
+    /// The per-CPU event stages when batched mode stages events, until the reader takes them.
+    stages: Option<Stages>,
 }
 
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
@@ -136,6 +140,8 @@ const CATCHER: &str = "inet_sock_set_state_nested";
 const RETRANSMIT_CATCHER: &str = "tcp_retransmit_skb_nested";
 /// The feature the catchers provide, as named in `degraded` lines.
 const RECOVERY: &str = "recovery of transitions skipped by recursion";
+/// The feature the event stages provide.
+const STAGING: &str = "batched records";
 
 fn feature_of(tp: Tracepoint) -> &'static str {
     match tp {
@@ -287,8 +293,7 @@ impl Probes {
         let socket_sets = sock_sets(opts.max_sockets);
         loader
             .override_global("SOCK_SETS", &socket_sets, true)
-            .map_max_entries("SOCK_TABLE", socket_sets)
-            .map_max_entries("SOCK_CLAIMS", socket_sets);
+            .map_max_entries("SOCK_TABLE", socket_sets);
         let bytes_at_close = bytes_at_close(&layouts, sock_layout.as_ref(), &mut degraded);
         if let Some(b) = &bytes_at_close {
             loader.override_global("BYTES_AT_CLOSE", &1u32, true);
@@ -298,7 +303,19 @@ impl Probes {
             loader.override_global("SK_FLAGS", &b.sk_flags, true);
             loader.override_global("SOCK_DONE_BIT", &b.sock_done_bit, true);
         }
+        loader.map_max_entries(STAGE_MAP, u32::try_from(cpus.unwrap_or(1)).unwrap_or(1));
         let mut ebpf = loader.load(OBJECT)?;
+        let stages = (opts.config.wakeup_mode == WakeupMode::Batched as u32)
+            .then(|| enable_stages(&mut ebpf, cpus.unwrap_or(1)))
+            .and_then(|r| {
+                r.map_err(|why| {
+                    degraded.push(Degraded {
+                        feature: STAGING,
+                        reason: format!("{why}; every event is a ring-buffer record of its own"),
+                    })
+                })
+                .ok()
+            });
 
         let mut attached = Vec::new();
         let mut links = Links::default();
@@ -376,7 +393,14 @@ impl Probes {
             rings,
             socket_sets,
             late: Arc::default(),
+            stages,
         })
+    }
+
+    /// The per-CPU event stages, for the reader task to flush before each drain; `None` when
+    /// every event goes to the ring as a record of its own.
+    pub fn take_stages(&mut self) -> Option<Stages> {
+        self.stages.take()
     }
 
     /// The programs' attachments, for the reader task to drop before its last drain.
@@ -572,6 +596,26 @@ fn sum_counters(ebpf: &Ebpf) -> Result<[u64; Counter::COUNT as usize], LoadError
         out[c as usize] = values.iter().sum();
     }
     Ok(out)
+}
+
+/// Loads the flush program, maps the stage array and turns staging on (see `stage`).
+fn enable_stages(ebpf: &mut Ebpf, cpus: usize) -> Result<Stages, String> {
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(FLUSH_PROGRAM)
+        .ok_or("the flush program is missing from the BPF object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load()
+        .map_err(|e| format!("loading the flush program: {e}"))?;
+    let flush = prog
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+        .map_err(|e| e.to_string())?;
+    let map = match ebpf.take_map(STAGE_MAP) {
+        Some(aya::maps::Map::Array(data)) => data,
+        _ => return Err(format!("map {STAGE_MAP} is missing from the BPF object")),
+    };
+    Stages::enable(map, flush, cpus).map_err(|e| e.to_string())
 }
 
 fn attach_catcher(

@@ -24,6 +24,7 @@ use crate::{
     event::{DecodeError, Event, decode},
     links::Links,
     merge::{ALL, HOLD, Merge, Record},
+    stage::Stages,
 };
 
 /// Records per batch: large enough to amortise channel overhead, small enough to stay prompt.
@@ -39,9 +40,11 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// Reads until `cancel` fires, then detaches the programs (`links`), drains what is left and
 /// returns: after that last drain nothing can be written. `tick` makes the reader also drain on
 /// a timer: needed when the kernel suppresses wakeups (batched wakeup mode). `late` follows the
-/// count of events delivered out of order (see [`Merge::late`]).
+/// count of events delivered out of order (see [`Merge::late`]). `stages`, when the kernel
+/// stages events per CPU, are flushed before every drain, the last one included.
 pub async fn run(
     rings: Vec<RingBuf<MapData>>,
+    stages: Option<Stages>,
     links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
@@ -68,14 +71,14 @@ pub async fn run(
             // Held events become due without any new record arriving.
             _ = tokio::time::sleep(HOLD), if !merge.is_empty() => {}
         }
-        let open = drain(&mut rings, &mut merge, &tx, false).await;
+        let open = drain(&mut rings, stages.as_ref(), &mut merge, &tx, false).await?;
         late.store(merge.late(), Ordering::Relaxed);
         if !open {
             return Ok(());
         }
     }
     drop(links);
-    drain(&mut rings, &mut merge, &tx, true).await;
+    drain(&mut rings, stages.as_ref(), &mut merge, &tx, true).await?;
     late.store(merge.late(), Ordering::Relaxed);
     Ok(())
 }
@@ -100,17 +103,22 @@ async fn any_readable(rings: &mut [Ring]) -> std::io::Result<()> {
     .await
 }
 
-/// Reads every ring and sends what the merge releases (everything when `last`). Returns false
-/// when the consumer has gone.
+/// Flushes the stages, reads every ring and sends what the merge releases (everything when
+/// `last`). Returns false when the consumer has gone.
 async fn drain(
     rings: &mut [Ring],
+    stages: Option<&Stages>,
     merge: &mut Merge<Record>,
     tx: &mpsc::Sender<Batch>,
     last: bool,
-) -> bool {
+) -> std::io::Result<bool> {
     loop {
-        // Before reading: every record older than this (less the hold) is in a ring by now.
+        // Before flushing and reading: every event older than this (less the hold) is in a ring
+        // by now.
         let drained_ns = Clock::now_mono_ns();
+        if let Some(stages) = stages {
+            stages.flush().map_err(std::io::Error::other)?;
+        }
         let mut batch: Batch = Vec::with_capacity(BATCH);
         let mut more = false;
         for (i, ring) in rings.iter_mut().enumerate() {
@@ -118,9 +126,14 @@ async fn drain(
             let mut n = 0;
             while n < DRAIN_LIMIT {
                 let Some(item) = ring.next() else { break };
-                match <[u8; RawEvent::SIZE]>::try_from(&*item) {
-                    Ok(raw) => merge.push(i, Record(raw)),
-                    Err(_) => batch.push(decode(&item)),
+                // A record holds one event or a batch of them (see `stage`).
+                if item.is_empty() || item.len() % RawEvent::SIZE != 0 {
+                    batch.push(decode(&item));
+                }
+                for raw in item.chunks_exact(RawEvent::SIZE) {
+                    if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
+                        merge.push(i, Record(raw));
+                    }
                 }
                 n += 1;
             }
@@ -130,14 +143,14 @@ async fn drain(
         while let Some(rec) = merge.pop(upto) {
             batch.push(decode(&rec.0));
             if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                return false;
+                return Ok(false);
             }
         }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return false;
+            return Ok(false);
         }
         if !more {
-            return true;
+            return Ok(true);
         }
     }
 }

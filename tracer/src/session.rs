@@ -54,6 +54,7 @@ impl Session {
             eprintln!("tracer: degraded: {}: {}", d.feature, d.reason);
         }
         let rings = probes.take_rings()?;
+        let stages = probes.take_stages();
         // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
         let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
         if announce && seeded > 0 {
@@ -65,7 +66,15 @@ impl Session {
         let tick = (wakeup == Wakeup::Batched).then_some(BATCHED_DRAIN);
         let links = probes.take_links();
         let late = probes.late_counter();
-        let reader = tokio::spawn(reader::run(rings, links, tx, cancel.clone(), tick, late));
+        let reader = tokio::spawn(reader::run(
+            rings,
+            stages,
+            links,
+            tx,
+            cancel.clone(),
+            tick,
+            late,
+        ));
         Ok(Self {
             probes,
             rx,

@@ -64,10 +64,10 @@ fn full_rate_churn_with_anomalies_is_accounted_exactly() {
     );
 }
 
-/// A socket table of 8,192 sets rather than 32,768: two CPUs enter sockets of one set at the
+/// A socket table of 9,363 sets rather than 37,450: two CPUs enter sockets of one set at the
 /// same instant four times as often, and each such collision must keep both sockets (the
 /// per-set claim). The churn keeps 1,000-2,000 sockets alive (mostly CLOSE_WAIT and FIN_WAIT2),
-/// which never fill a set of 8 here, so nothing may be evicted either (1,024 slots overflowed
+/// which never fill a set of 7 here, so nothing may be evicted either (1,024 slots overflowed
 /// constantly).
 #[test]
 fn full_rate_churn_in_a_quarter_of_the_socket_table_is_accounted_exactly() {

@@ -444,3 +444,51 @@ fn human_columns() {
         lines[3]
     );
 }
+
+/// Batched mode (the default) writes up to eight events per ring-buffer record, so one
+/// connection's eleven transitions leave a partial batch on some CPU. The reader must flush it
+/// before each drain: every transition is printed while the tracer still runs, promptly, not
+/// only when it stops.
+#[test]
+fn a_partial_batch_is_printed_while_the_tracer_runs() {
+    if !kernel_available("a_partial_batch_is_printed_while_the_tracer_runs") {
+        return;
+    }
+    use std::{
+        net::{TcpListener, TcpStream},
+        time::{Duration, Instant},
+    };
+    let port = port();
+    let p = port.to_string();
+    let tracer = Tracer::start(&["--port", &p, "--type", "state"]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    drop(server);
+    // LISTEN, then the connection's ten transitions; the listener stays open.
+    let expected = 11;
+    let start = Instant::now();
+    let mut printed = tracer.json_lines().len();
+    while printed < expected && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        printed = tracer.json_lines().len();
+    }
+    let waited = start.elapsed();
+    let run = tracer.stop();
+    drop(listener);
+    run.assert_no_loss();
+    assert_eq!(
+        printed,
+        expected,
+        "printed while running, after {waited:?} (by the stop: {})",
+        run.of_type("state").len()
+    );
+    assert_eq!(run.of_type("state").len(), expected);
+    let pid = u64::from(std::process::id());
+    assert!(
+        run.of_type("state").iter().all(|e| e["pid"] == pid),
+        "{:#?}",
+        run.events
+    );
+}

@@ -380,7 +380,7 @@ impl Metrics {
         t.register(
             "sock_map_evictions",
             "Transitions of followed sockets whose entry in the kernel's socket table \
-             (--max-sockets entries in sets of 8) had been evicted: no time in state, owner \
+             (--max-sockets entries in sets of 7) had been evicted: no time in state, owner \
              unknown until its process acts again",
             self.sock_map_evictions.clone(),
         );

@@ -17,7 +17,7 @@ pub struct LiveArgs {
     /// drain waits on the disk]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_size: Option<u32>,
-    /// Capacity of the kernel's socket table (owners, bytes, retransmits), in sets of 8.
+    /// Capacity of the kernel's socket table (owners, bytes, retransmits), in sets of 7.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
     /// Capacity of the kernel's per-process byte map.

@@ -63,10 +63,12 @@ pub enum EventType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Wakeup {
-    /// Wake the reader whenever it has caught up (the ring buffer's own policy).
+    /// One ring-buffer record per event; wake the reader whenever it has caught up (the ring
+    /// buffer's own policy).
     Adaptive,
-    /// Never wake the reader for one record: wake it when --wakeup-bytes are pending (checked
-    /// every 64 records per CPU, forced at most every 2 ms per CPU) and drain every 50 ms.
+    /// Write events 8 to a ring-buffer record per CPU; never wake the reader for one record:
+    /// wake it when --wakeup-bytes are pending (checked every 64 events per CPU, forced at most
+    /// every 2 ms per CPU) and drain every 50 ms, flushing partial batches first.
     Batched,
 }
 
@@ -126,7 +128,7 @@ pub struct StreamArgs {
     /// optional K/M/G suffix.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring_size)]
     pub ring_size: u32,
-    /// Capacity of the kernel's socket table (sockets tracked at once), in sets of 8.
+    /// Capacity of the kernel's socket table (sockets tracked at once), in sets of 7.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
     /// When the kernel wakes the reader (batched is cheaper per event; see BENCHMARKS.md).
