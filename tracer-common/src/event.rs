@@ -114,6 +114,8 @@ impl RawEvent {
 
 const _: () = assert!(RawEvent::SIZE == 128);
 const _: () = assert!(core::mem::align_of::<RawEvent>() == 8);
+// The kernel side copies command names as two words (see its `comm` module).
+const _: () = assert!(core::mem::offset_of!(RawEvent, comm).is_multiple_of(8));
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawEvent {}

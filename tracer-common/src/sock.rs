@@ -52,6 +52,9 @@ impl SockInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
+// The kernel side copies command names as two words (see its `comm` module).
+const _: () = assert!(core::mem::offset_of!(SockInfo, comm).is_multiple_of(8));
+const _: () = assert!(core::mem::align_of::<SockInfo>() == 8);
 
 /// Entries per set of the socket table: with the set's claim word, their keys fill one cache
 /// line.
@@ -114,6 +117,7 @@ pub struct ListenerOwner {
 }
 
 const _: () = assert!(core::mem::size_of::<ListenerOwner>() == 24);
+const _: () = assert!(core::mem::offset_of!(ListenerOwner, comm) == 0);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockInfo {}

@@ -8,6 +8,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod comm;
 mod maps;
 mod record;
 mod stage;
@@ -32,6 +33,7 @@ use tracer_common::{
 };
 
 use crate::{
+    comm::Comm,
     maps::{DEFERRED_OPENS, LISTENERS, PROCS, count, count_n, ring},
     record::{CLASSIC, NESTED, Record, Slot, load, mark_of, slot},
 };
@@ -362,7 +364,7 @@ fn emit_pending_open(s: &mut Slot, now: u64) {
     ev.new_state = state::SYN_RECV;
     ev.ts_ns = e.start_ts;
     ev.pid = e.pid;
-    ev.comm = e.comm;
+    Comm::read(&e.comm).write(&mut ev.comm);
     ev.owner_src = e.owner_src;
     ev.netns = e.netns;
     let _ = emit(s);
@@ -417,29 +419,31 @@ fn track_owner(s: &mut Slot, now: u64) {
         // The comm helper is the costly part: reuse the recorded one when the owner is unchanged.
         let known = info
             .map(|e| unsafe { &*e })
-            .filter(|e| e.pid == tgid && e.comm[0] != 0);
-        let comm = match known {
-            Some(e) => e.comm,
-            None => bpf_get_current_comm().unwrap_or([0; 16]),
-        };
-        (tgid, comm, OwnerSource::Process)
+            .filter(|e| e.pid == tgid)
+            .map(|e| Comm::read(&e.comm))
+            .filter(|c| !c.is_empty());
+        (
+            tgid,
+            known.unwrap_or_else(Comm::current),
+            OwnerSource::Process,
+        )
     } else if let Some(e) = info {
         let e = unsafe { &*e };
         (
             e.pid,
-            e.comm,
+            Comm::read(&e.comm),
             OwnerSource::try_from(e.owner_src).unwrap_or(OwnerSource::Unknown),
         )
     } else if starts_connection && old == state::LISTEN {
         match unsafe { LISTENERS.get(ev.sport) } {
-            Some(o) => (o.pid, o.comm, OwnerSource::Listener),
-            None => (0, [0; 16], OwnerSource::Unknown),
+            Some(o) => (o.pid, Comm::read(&o.comm), OwnerSource::Listener),
+            None => (0, Comm::NONE, OwnerSource::Unknown),
         }
     } else {
-        (0, [0; 16], OwnerSource::Unknown)
+        (0, Comm::NONE, OwnerSource::Unknown)
     };
     ev.pid = pid;
-    ev.comm = comm;
+    comm.write(&mut ev.comm);
     ev.owner_src = src as u8;
 
     match info {
@@ -451,7 +455,7 @@ fn track_owner(s: &mut Slot, now: u64) {
             e.last_ts = now;
             if src == OwnerSource::Process {
                 e.pid = pid;
-                e.comm = comm;
+                comm.write(&mut e.comm);
                 e.owner_src = src as u8;
             }
             if e.netns == 0 {
@@ -470,7 +474,8 @@ fn track_owner(s: &mut Slot, now: u64) {
         None => {
             ev.netns = sock_netns(sk);
             if new != state::CLOSE {
-                let mut info = SockInfo::new(sk, pid, comm, src as u8);
+                let mut info = SockInfo::new(sk, pid, [0; 16], src as u8);
+                comm.write(&mut info.comm);
                 info.last_ts = now;
                 info.netns = ev.netns;
                 if starts_connection {
@@ -488,7 +493,12 @@ fn track_owner(s: &mut Slot, now: u64) {
     }
 
     if new == state::LISTEN {
-        let owner = ListenerOwner { comm, pid, _pad: 0 };
+        let mut owner = ListenerOwner {
+            comm: [0; 16],
+            pid,
+            _pad: 0,
+        };
+        comm.write(&mut owner.comm);
         if LISTENERS.insert(ev.sport, owner, 0).is_err() {
             count(Counter::ListenerMapFull);
         }
@@ -562,7 +572,7 @@ fn owner_from_map(ev: &mut RawEvent) {
         let e = unsafe { &mut *e.info() };
         e.retransmits = e.retransmits.wrapping_add(1);
         ev.pid = e.pid;
-        ev.comm = e.comm;
+        Comm::read(&e.comm).write(&mut ev.comm);
         ev.owner_src = e.owner_src;
         ev.netns = e.netns;
     }
@@ -658,13 +668,13 @@ fn try_signal(
         // `sk` is the listener: its owner is recorded by port.
         if let Some(o) = unsafe { LISTENERS.get(ev.sport) } {
             ev.pid = o.pid;
-            ev.comm = o.comm;
+            Comm::read(&o.comm).write(&mut ev.comm);
             ev.owner_src = OwnerSource::Listener as u8;
         }
     } else if let Some(e) = table::lookup(ev.sk) {
         let e = unsafe { &*e.info() };
         ev.pid = e.pid;
-        ev.comm = e.comm;
+        Comm::read(&e.comm).write(&mut ev.comm);
         ev.owner_src = e.owner_src;
         ev.netns = e.netns;
     }

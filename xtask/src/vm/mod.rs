@@ -89,6 +89,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let dir = root().join("target/vm");
     fs::create_dir_all(&dir)?;
+    // Read before `--update` rewrites the table, which is then what records the change.
+    let recorded = if args.update {
+        Default::default()
+    } else {
+        report::recorded_degradations(&fs::read_to_string(root().join("README.md"))?)
+    };
     let payload = payload(&args.tests)?;
     let common = dir.join("common.cpio.zst");
     initramfs::common(&payload, &dir.join("guest"), &common, args.test_timeout)
@@ -165,9 +171,20 @@ pub fn run(args: &VmArgs) -> Result<()> {
         rows.push(row);
     }
     report::write(&rows, &dir, args.update)?;
+    for r in &rows {
+        let new = r.new_degradations(&recorded);
+        if !new.is_empty() {
+            eprintln!(
+                "xtask: vm: {}: degraded, unlike README's table says: {}; fix that, or record it \
+                 with `cargo xtask vm-test --update`",
+                r.kernel,
+                new.join("; ")
+            );
+        }
+    }
     let failed: Vec<String> = rows
         .iter()
-        .filter(|r| !r.ok())
+        .filter(|r| !r.ok() || !r.new_degradations(&recorded).is_empty())
         .map(|r| r.kernel.clone())
         .collect();
     if !failed.is_empty() {
