@@ -484,11 +484,7 @@ fn a_partial_batch_is_printed_while_the_tracer_runs() {
         "printed while running, after {waited:?} (by the stop: {})",
         run.of_type("state").len()
     );
+    // Owners are not checked: a process that other tests fork meanwhile holds copies of these
+    // sockets until it execs, and may make the last close itself.
     assert_eq!(run.of_type("state").len(), expected);
-    let pid = u64::from(std::process::id());
-    assert!(
-        run.of_type("state").iter().all(|e| e["pid"] == pid),
-        "{:#?}",
-        run.events
-    );
 }
