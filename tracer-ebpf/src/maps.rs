@@ -51,9 +51,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 
 #[inline(always)]
 pub fn count(c: Counter) {
-    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
-        unsafe { *v += 1 };
-    }
+    count_n(c, 1);
 }
 
 /// Adds `n` to a counter (the events of a batch record that did not fit).

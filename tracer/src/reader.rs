@@ -126,13 +126,15 @@ async fn drain(
             let mut n = 0;
             while n < DRAIN_LIMIT {
                 let Some(item) = ring.next() else { break };
-                // A record holds one event or a batch of them (see `stage`).
+                // A record holds one event or a batch of them (see `stage`); any other length
+                // is one decode error, not events cut from its first bytes.
                 if item.is_empty() || item.len() % RawEvent::SIZE != 0 {
                     batch.push(decode(&item));
-                }
-                for raw in item.chunks_exact(RawEvent::SIZE) {
-                    if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
-                        merge.push(i, Record(raw));
+                } else {
+                    for raw in item.chunks_exact(RawEvent::SIZE) {
+                        if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
+                            merge.push(i, Record(raw));
+                        }
                     }
                 }
                 n += 1;
