@@ -303,10 +303,12 @@ impl Probes {
             loader.override_global("SK_FLAGS", &b.sk_flags, true);
             loader.override_global("SOCK_DONE_BIT", &b.sock_done_bit, true);
         }
-        loader.map_max_entries(STAGE_MAP, u32::try_from(cpus.unwrap_or(1)).unwrap_or(1));
+        // Without a CPU count only CPU 0 stages; the others write a record per event.
+        let stage_cpus = cpus.unwrap_or(1);
+        loader.map_max_entries(STAGE_MAP, u32::try_from(stage_cpus).unwrap_or(1));
         let mut ebpf = loader.load(OBJECT)?;
         let stages = (opts.config.wakeup_mode == WakeupMode::Batched as u32)
-            .then(|| enable_stages(&mut ebpf, cpus.unwrap_or(1)))
+            .then(|| enable_stages(&mut ebpf, stage_cpus))
             .and_then(|r| {
                 r.map_err(|why| {
                     degraded.push(Degraded {
