@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
-use tracer_common::RawEvent;
+use tracer_common::{RawEvent, rings::RINGS};
 
 use crate::{
     clock::Clock,
@@ -44,7 +44,7 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// stages events per CPU, are flushed before every drain, the last one included.
 pub async fn run(
     rings: Vec<RingBuf<MapData>>,
-    stages: Option<Stages>,
+    mut stages: Option<Stages>,
     links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
@@ -71,14 +71,14 @@ pub async fn run(
             // Held events become due without any new record arriving.
             _ = tokio::time::sleep(HOLD), if !merge.is_empty() => {}
         }
-        let open = drain(&mut rings, stages.as_ref(), &mut merge, &tx, false).await?;
+        let open = drain(&mut rings, stages.as_mut(), &mut merge, &tx, false).await?;
         late.store(merge.late(), Ordering::Relaxed);
         if !open {
             return Ok(());
         }
     }
     drop(links);
-    drain(&mut rings, stages.as_ref(), &mut merge, &tx, true).await?;
+    drain(&mut rings, stages.as_mut(), &mut merge, &tx, true).await?;
     late.store(merge.late(), Ordering::Relaxed);
     Ok(())
 }
@@ -107,7 +107,7 @@ async fn any_readable(rings: &mut [Ring]) -> std::io::Result<()> {
 /// `last`). Returns false when the consumer has gone.
 async fn drain(
     rings: &mut [Ring],
-    stages: Option<&Stages>,
+    mut stages: Option<&mut Stages>,
     merge: &mut Merge<Record>,
     tx: &mpsc::Sender<Batch>,
     last: bool,
@@ -116,8 +116,19 @@ async fn drain(
         // Before flushing and reading: every event older than this (less the hold) is in a ring
         // by now.
         let drained_ns = Clock::now_mono_ns();
-        if let Some(stages) = stages {
-            stages.flush().map_err(std::io::Error::other)?;
+        if let Some(stages) = stages.as_deref_mut() {
+            // An offline CPU's partial batch, taken from its stage, goes where the CPU's ring
+            // would have put it.
+            stages
+                .flush(|cpu, events| {
+                    let ring = cpu % RINGS;
+                    for raw in events.chunks_exact(RawEvent::SIZE) {
+                        if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
+                            merge.push(ring, Record(raw));
+                        }
+                    }
+                })
+                .map_err(std::io::Error::other)?;
         }
         let mut batch: Batch = Vec::with_capacity(BATCH);
         let mut more = false;

@@ -4,6 +4,10 @@
 //! reader calls [`Stages::flush`]: it reads each CPU's staged count through a memory mapping of
 //! the stage array (no system call) and runs the flush program on the CPUs that hold events,
 //! so idle CPUs are never interrupted.
+//!
+//! A CPU taken offline cannot run the flush program. Its partial batch is then taken from the
+//! mapping (see [`Stages::flush`]), so its events are neither held back until the CPU returns
+//! nor lost if it never does.
 
 use std::{
     io,
@@ -12,7 +16,10 @@ use std::{
 
 use aya::{maps::MapData, programs::ProgramFd};
 use memmap2::{MmapOptions, MmapRaw};
-use tracer_common::stage::{FLUSH_BUSY, Stage};
+use tracer_common::{
+    RawEvent,
+    stage::{FLUSH_BUSY, STAGE_EVENTS, Stage},
+};
 
 /// Runs of the flush program on one CPU before giving up on it for this drain: each run that
 /// finds the stage busy (it interrupted a program appending there, a window of nanoseconds)
@@ -35,6 +42,8 @@ pub struct Stages {
     mem: MmapRaw,
     cpus: usize,
     flush: ProgramFd,
+    /// CPUs whose stage this side holds (`busy` set) since it took their events offline.
+    held: Vec<bool>,
     /// Keeps the map alive for as long as it is mapped.
     _map: MapData,
 }
@@ -53,6 +62,7 @@ impl Stages {
             mem,
             cpus: cpus.max(1),
             flush,
+            held: vec![false; cpus.max(1)],
             _map: map,
         };
         let here = current_cpu().unwrap_or(0);
@@ -65,11 +75,15 @@ impl Stages {
         Ok(stages)
     }
 
-    /// Writes every CPU's partial batch to its ring. A CPU that went offline holding one is
-    /// skipped (its events stay staged until it comes back); a stage found busy on every
-    /// attempt is left for the next drain, which follows within the reader's tick.
-    pub fn flush(&self) -> Result<(), StageError> {
+    /// Writes every CPU's partial batch to its ring. The partial batch of a CPU that went
+    /// offline goes to `offline` instead (the CPU and its events, whole), once. A stage found
+    /// busy on every attempt is left for the next drain, which follows within the reader's tick.
+    pub fn flush(&mut self, mut offline: impl FnMut(usize, &[u8])) -> Result<(), StageError> {
         for cpu in 0..self.cpus {
+            if self.held[cpu] {
+                self.release_if_online(cpu)?;
+                continue;
+            }
             if self.staged(cpu) == 0 {
                 continue;
             }
@@ -77,9 +91,8 @@ impl Stages {
                 match self.run_flush(cpu) {
                     Ok(FLUSH_BUSY) => continue,
                     Ok(_) => break,
-                    Err(StageError::Flush { source, .. })
-                        if source.raw_os_error() == Some(libc::ENXIO) =>
-                    {
+                    Err(e) if e.is_offline() => {
+                        self.take_offline(cpu, &mut offline)?;
                         break;
                     }
                     Err(e) => return Err(e),
@@ -87,6 +100,57 @@ impl Stages {
             }
         }
         Ok(())
+    }
+
+    /// Takes the partial batch of `cpu`, found offline, and holds its stage: when the CPU comes
+    /// back, its programs find the stage busy and write each event as a record of its own,
+    /// until a later flush sees it online and lets go.
+    fn take_offline(
+        &mut self,
+        cpu: usize,
+        offline: &mut impl FnMut(usize, &[u8]),
+    ) -> Result<(), StageError> {
+        // SAFETY (here and below): fields of cpu's stage, inside the mapping.
+        unsafe { std::ptr::write_volatile(self.field(cpu, BUSY_AT), 1) };
+        // Offline still, now that the stage is held, so no program was writing it meanwhile: a
+        // CPU comes online and goes offline again in milliseconds, not between two system calls.
+        match self.run_flush(cpu) {
+            Err(e) if e.is_offline() => {}
+            Err(e) => return Err(e),
+            // Back already (it found our `busy`): its events go out by the next flush.
+            Ok(_) => {
+                unsafe { std::ptr::write_volatile(self.field(cpu, BUSY_AT), 0) };
+                return Ok(());
+            }
+        }
+        self.held[cpu] = true;
+        let n = (self.staged(cpu) as usize).min(STAGE_EVENTS);
+        if n > 0 {
+            let at = cpu * Stage::SIZE + EVENTS_AT;
+            // SAFETY: n events of cpu's stage, inside the mapping; nothing writes them while
+            // the CPU is offline and its stage held.
+            let events = unsafe {
+                std::slice::from_raw_parts(self.mem.as_ptr().add(at), n * RawEvent::SIZE)
+            };
+            offline(cpu, events);
+        }
+        unsafe { std::ptr::write_volatile(self.field(cpu, COUNT_AT), 0) };
+        Ok(())
+    }
+
+    /// Lets go of the stage of `cpu`, taken offline, once it is back: the flush program then
+    /// runs there and finds the stage busy, held by this side.
+    fn release_if_online(&mut self, cpu: usize) -> Result<(), StageError> {
+        match self.run_flush(cpu) {
+            Err(e) if e.is_offline() => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => {
+                self.held[cpu] = false;
+                // SAFETY: a field of cpu's stage, inside the mapping.
+                unsafe { std::ptr::write_volatile(self.field(cpu, BUSY_AT), 0) };
+                Ok(())
+            }
+        }
     }
 
     /// Events staged on `cpu` right now.
@@ -135,6 +199,15 @@ impl Stages {
 
 const COUNT_AT: usize = std::mem::offset_of!(Stage, count);
 const ON_AT: usize = std::mem::offset_of!(Stage, on);
+const BUSY_AT: usize = std::mem::offset_of!(Stage, busy);
+const EVENTS_AT: usize = std::mem::offset_of!(Stage, events);
+
+impl StageError {
+    /// The CPU is offline: the kernel cannot run a program there.
+    fn is_offline(&self) -> bool {
+        matches!(self, Self::Flush { source, .. } if source.raw_os_error() == Some(libc::ENXIO))
+    }
+}
 
 /// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`, through `cpu` (Linux 5.10).
 #[repr(C)]

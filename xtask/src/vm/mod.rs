@@ -25,7 +25,8 @@ use report::Row;
 
 /// The test binaries (tracer/tests/*.rs) run on every kernel: the core (transitions,
 /// retransmits, owners, close records, lost-event accounting), bad input, aggregation, capture
-/// with anomalies, the output queue, and the scope of the undelivered-transition counter.
+/// with anomalies, the output queue, the scope of the undelivered-transition counter, and a CPU
+/// taken offline with staged events.
 /// `anomaly` asks for a full-rate churn no emulated guest reaches, `capture`'s full-disk test
 /// needs that rate to fill its disk early, and `agent` and `top` need Prometheus and tmux: they
 /// run on the host only.
@@ -39,6 +40,7 @@ const DEFAULT_TESTS: &[&str] = &[
     "capture_anomalies",
     "output_queue",
     "undelivered",
+    "cpu_offline",
 ];
 
 #[derive(Args)]
