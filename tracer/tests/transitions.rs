@@ -47,10 +47,27 @@ fn client_ports(summary: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The life of a passive child the kernel created and destroyed at once: when two CPUs
+/// complete the same handshake (the client's last ACK on one, its next packet on another), the
+/// loser's child is closed in SYN_RECV. The churn and output-queue tests have met it.
+const DISCARDED_CHILD: [&str; 2] = ["LISTEN->SYN_RECV", "SYN_RECV->CLOSE"];
+
+fn discarded_children(run: &Run) -> usize {
+    lives(&run.events)
+        .iter()
+        .filter(|l| l.transitions() == DISCARDED_CHILD)
+        .count()
+}
+
 /// Splits lifecycles into (listener, server children, clients) by which side has the port.
+/// Discarded children are left out: none of these tests expects a child to close in SYN_RECV,
+/// and every connection's real child must still be there.
 fn split(run: &Run, port: u16) -> (Vec<Life>, Vec<Life>, Vec<Life>) {
     let port = u64::from(port);
-    let all = lives(&run.events);
+    let all: Vec<Life> = lives(&run.events)
+        .into_iter()
+        .filter(|l| l.transitions() != DISCARDED_CHILD)
+        .collect();
     let listener = all
         .iter()
         .filter(|l| l.events[0]["new_state"] == "LISTEN")
@@ -300,7 +317,12 @@ fn kernel_filters_select_exact_events() {
     // The listener predates this tracer: its close, and all five transitions of every accepted
     // connection, including the two before the server first touches the socket (attributed
     // through the listener's owner, found in /proc at start-up).
-    assert_eq!(run.events.len(), 1 + 5 * CLIENTS, "{:#?}", run.events);
+    assert_eq!(
+        run.events.len(),
+        1 + 5 * CLIENTS + 2 * discarded_children(&run),
+        "{:#?}",
+        run.events
+    );
     let children = lives(&run.events)
         .into_iter()
         .filter(|l| l.events.len() == 5)
@@ -411,7 +433,7 @@ fn retransmissions_of_one_connection() {
     let all = lives(&run.events);
     assert_eq!(
         all.iter().map(|l| l.events.len()).sum::<usize>(),
-        12,
+        12 + 2 * discarded_children(&run),
         "{all:#?}"
     );
 }
