@@ -224,12 +224,7 @@ fn stop_mid_churn_prints_every_counted_event() {
         .unwrap_or_else(|| panic!("no stop summary in {}", run.stderr))
         .to_owned();
     eprintln!("{test}: {summary}; {stop}");
-    let counted: u64 = stop
-        .split("(state ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no state count in {stop}"));
+    let counted = summary_number(&stop, "(state ", ',');
     let printed = run.events.iter().filter(|e| e["type"] == "state").count() as u64;
     assert!(
         counted > 20_000,

@@ -322,13 +322,11 @@ impl Run {
         assert!(own.is_empty(), "lost records: {own:?}");
         let summary = self.summary();
         let undelivered = summary_loss(summary, "kernel_undelivered");
-        let lost: u64 = summary
-            .split("; lost ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no loss total in {summary}"));
-        assert_eq!(lost, undelivered, "{summary}");
+        assert_eq!(
+            summary_number(summary, "; lost ", ' '),
+            undelivered,
+            "{summary}"
+        );
     }
 
     /// [`Run::assert_no_loss`] for a tracer with no socket criterion in its filter (`--pid`
@@ -793,6 +791,16 @@ pub fn is_summary(line: &str) -> bool {
         rest.split_once(" events (state ")
             .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
     })
+}
+
+/// The number that follows `after` in a summary line, up to `until`.
+pub fn summary_number(summary: &str, after: &str, until: char) -> u64 {
+    summary
+        .split(after)
+        .nth(1)
+        .and_then(|r| r.split(until).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {after:?} in {summary}"))
 }
 
 /// `cause=N` from a tracer's stop summary line.
