@@ -429,10 +429,12 @@ fn retransmissions_of_one_connection() {
             "{e}"
         );
     }
-    // The connection still completes, with exactly its ten transitions.
+    // The connection still completes, with exactly its ten transitions (and the listener's
+    // two), each printed or counted as undelivered.
     let all = lives(&run.events);
+    let undelivered = summary_loss(run.summary(), "kernel_undelivered") as usize;
     assert_eq!(
-        all.iter().map(|l| l.events.len()).sum::<usize>(),
+        all.iter().map(|l| l.events.len()).sum::<usize>() + undelivered,
         12 + 2 * discarded_children(&run),
         "{all:#?}"
     );
