@@ -103,6 +103,15 @@ async fn any_readable(rings: &mut [Ring]) -> std::io::Result<()> {
     .await
 }
 
+/// Queues the events of `bytes`, a whole number of them, as read from ring `ring`.
+fn push_events(merge: &mut Merge<Record>, ring: usize, bytes: &[u8]) {
+    for raw in bytes.chunks_exact(RawEvent::SIZE) {
+        if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
+            merge.push(ring, Record(raw));
+        }
+    }
+}
+
 /// Flushes the stages, reads every ring and sends what the merge releases (everything when
 /// `last`). Returns false when the consumer has gone.
 async fn drain(
@@ -120,14 +129,7 @@ async fn drain(
             // An offline CPU's partial batch, taken from its stage, goes where the CPU's ring
             // would have put it.
             stages
-                .flush(|cpu, events| {
-                    let ring = cpu % RINGS;
-                    for raw in events.chunks_exact(RawEvent::SIZE) {
-                        if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
-                            merge.push(ring, Record(raw));
-                        }
-                    }
-                })
+                .flush(|cpu, events| push_events(merge, cpu % RINGS, events))
                 .map_err(std::io::Error::other)?;
         }
         let mut batch: Batch = Vec::with_capacity(BATCH);
@@ -142,11 +144,7 @@ async fn drain(
                 if item.is_empty() || item.len() % RawEvent::SIZE != 0 {
                     batch.push(decode(&item));
                 } else {
-                    for raw in item.chunks_exact(RawEvent::SIZE) {
-                        if let Ok(raw) = <[u8; RawEvent::SIZE]>::try_from(raw) {
-                            merge.push(i, Record(raw));
-                        }
-                    }
+                    push_events(merge, i, &item);
                 }
                 n += 1;
             }

@@ -26,9 +26,8 @@ const LIFE_FIELDS: [&str; 8] = [
     "time",
 ];
 
-/// Legal complete lives: the normal ones, their endings when a peer resets, and a passive
-/// child the kernel creates and destroys at once: when two CPUs complete the same handshake
-/// (the client's last ACK on one, its next packet on another), the loser's child is closed.
+/// Legal complete lives: the normal ones, their endings when a peer resets, and a discarded
+/// passive child (see [`DISCARDED_CHILD`]).
 fn legal_lives() -> [&'static [&'static str]; 6] {
     const CLIENT_RESET: [&str; 4] = [
         "CLOSE->SYN_SENT",
@@ -48,7 +47,7 @@ fn legal_lives() -> [&'static [&'static str]; 6] {
         &CLIENT_RESET,
         &SERVER_RESET,
         &["CLOSE->LISTEN", "LISTEN->CLOSE"],
-        &["LISTEN->SYN_RECV", "SYN_RECV->CLOSE"],
+        &DISCARDED_CHILD,
     ]
 }
 

@@ -150,13 +150,9 @@ const GENERATED: u64 = 2 + 10 * CONNECTIONS;
 /// The transitions the kernel made: [`GENERATED`], and two for each connection beyond the
 /// burst's that closed. When the final ACK of a handshake and the first data segment are
 /// processed on two CPUs at once, the kernel creates two children and closes the loser in
-/// SYN_RECV (`LISTEN -> SYN_RECV -> CLOSE`); seen once in about fifty runs in a TCG guest.
+/// SYN_RECV ([`DISCARDED_CHILD`]); seen once in about fifty runs in a TCG guest.
 fn made(summary: &str) -> u64 {
-    let closed: u64 = summary
-        .split_once("connections closed ")
-        .and_then(|(_, rest)| rest.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no closed connections in {summary}"));
+    let closed = summary_number(summary, "connections closed ", ')');
     GENERATED + 2 * closed.saturating_sub(2 * CONNECTIONS)
 }
 

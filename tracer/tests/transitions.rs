@@ -47,11 +47,6 @@ fn client_ports(summary: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The life of a passive child the kernel created and destroyed at once: when two CPUs
-/// complete the same handshake (the client's last ACK on one, its next packet on another), the
-/// loser's child is closed in SYN_RECV. The churn and output-queue tests have met it.
-const DISCARDED_CHILD: [&str; 2] = ["LISTEN->SYN_RECV", "SYN_RECV->CLOSE"];
-
 fn discarded_children(run: &Run) -> usize {
     lives(&run.events)
         .iter()

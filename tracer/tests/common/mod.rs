@@ -502,10 +502,22 @@ pub fn exchange_clients(
     n: u64,
     extra: &[&str],
 ) -> (u32, Value) {
+    exchange_clients_at(&[], server, addr, port, n, extra)
+}
+
+/// [`exchange_clients`] run under `prefix` (`taskset`, `ip netns exec`).
+pub fn exchange_clients_at(
+    prefix: &[&str],
+    server: Proc,
+    addr: &str,
+    port: u16,
+    n: u64,
+    extra: &[&str],
+) -> (u32, Value) {
     let count = n.to_string();
     let mut args = vec!["--count", count.as_str()];
     args.extend_from_slice(extra);
-    let (pid, summary) = loadgen_at(&[], "client", addr, port, &args);
+    let (pid, summary) = loadgen_at(prefix, "client", addr, port, &args);
     assert_eq!(summary["connected"], n, "{summary}");
     assert!(server.wait().success());
     (pid, summary)
@@ -625,6 +637,11 @@ pub const PASSIVE_CLOSE_SERVER: [&str; 5] = [
     "CLOSE_WAIT->LAST_ACK",
     "LAST_ACK->CLOSE",
 ];
+
+/// The life of a passive child the kernel creates and destroys at once: when two CPUs complete
+/// the same handshake (the client's last ACK on one, its next packet on another), the loser's
+/// child is closed in SYN_RECV.
+pub const DISCARDED_CHILD: [&str; 2] = ["LISTEN->SYN_RECV", "SYN_RECV->CLOSE"];
 
 /// Detector settings under which the tests' leaks (8 CLOSE_WAIT sockets held by one process)
 /// raise `close_wait_leak` within seconds, and clear 2 s after the sockets close.
