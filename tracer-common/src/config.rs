@@ -39,10 +39,13 @@ pub enum Counter {
     /// Transitions and retransmissions the classic programs handled (each leaves a mark for
     /// the catcher).
     MarksWritten = 8,
+    /// Processes entered in the per-process traffic map. Nothing deletes its entries, so
+    /// entries inserted less entries present is what its LRU evicted.
+    ProcInserts = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
@@ -53,6 +56,7 @@ impl Counter {
         Self::ProcMapFull,
         Self::MarksTaken,
         Self::MarksWritten,
+        Self::ProcInserts,
     ];
 }
 

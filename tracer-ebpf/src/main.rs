@@ -824,6 +824,7 @@ fn proc_add(tgid: u32, comm: impl FnOnce() -> [u8; 16], dir: Direction, n: u64) 
         Direction::Received => p.bytes_received = n,
     }
     if PROCS.insert(tgid, p, BPF_NOEXIST.into()).is_ok() {
+        count(Counter::ProcInserts);
         return;
     }
     match PROCS.get_ptr_mut(tgid) {

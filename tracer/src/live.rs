@@ -343,8 +343,13 @@ impl Live {
 
     /// Kernel-side reads: per-process bytes and loss counters. Cheap (map lookups).
     fn refresh_kernel(&mut self) {
+        // The insert count first: see `Aggregator::observe_proc_inserts`.
+        let inserted = self.probes.proc_inserts();
         if let Ok(bytes) = self.probes.proc_bytes() {
             self.agg.set_proc_bytes(bytes);
+            if let Ok(inserted) = inserted {
+                self.agg.observe_proc_inserts(inserted);
+            }
         }
         // Events carry the comm of the thread that was observed (`accept-0`); rows name the
         // process. Read once per process; a process that has exited keeps its thread's comm.

@@ -475,6 +475,11 @@ impl Probes {
         sum_counters(&self.ebpf)
     }
 
+    /// Processes entered in the per-process traffic map since the programs were attached.
+    pub fn proc_inserts(&self) -> Result<u64, LoadError> {
+        Ok(self.counters()?[Counter::ProcInserts as usize])
+    }
+
     /// Application bytes per process (tgid) since the programs were attached.
     pub fn proc_bytes(
         &self,

@@ -306,6 +306,8 @@ fn agent_exports_a_known_workload_exactly() {
     assert_eq!(after.get("tracer_events_late_total"), 0.0);
     // A handful of sockets in a map of 262,144: none evicted.
     assert_eq!(after.get("tracer_sock_map_evictions_total"), 0.0);
+    // Nor any process from a map of 16,384.
+    assert_eq!(after.get("tracer_proc_map_evictions_total"), 0.0);
     assert_eq!(after.get("tracer_bpf_stats_enabled"), 1.0);
     assert!(after.get(r#"tracer_program_runs_total{program="inet_sock_set_state"}"#) > 0.0);
     assert!(after.get("process_resident_memory_bytes") > 0.0);

@@ -299,6 +299,82 @@ fn socket_map_evictions_are_counted() {
     assert!(run.status.success(), "{}", run.stderr);
 }
 
+/// More processes moving bytes than the kernel's per-process map holds (`--max-processes 64`,
+/// its least): its LRU evicts the least recently active, and the tracer counts each eviction
+/// (`tracking.proc_map_evictions`). Every client gone from the rows must have been counted
+/// (others on the host may add to the count, never take from it), and every client still
+/// there shows exactly the bytes it sent.
+#[test]
+fn process_map_evictions_are_counted() {
+    if !kernel_available("process_map_evictions_are_counted") {
+        return;
+    }
+    const CLIENTS: u64 = 100;
+    const CAPACITY: u64 = 64;
+    let _serial = serial();
+    let ns = Netns::new("stp");
+    let capacity = CAPACITY.to_string();
+    let tracer = stats_in(&ns, &["--max-processes", &capacity, "--top", "10000"]);
+    let port = common::port();
+    let server = Proc::spawn_at(
+        &ns.exec(),
+        "server",
+        "127.0.0.1",
+        port,
+        &["--max-conns", &CLIENTS.to_string()],
+    );
+    // One process per client, each sending its own number of bytes.
+    let sent: BTreeMap<u64, u64> = (0..CLIENTS)
+        .map(|i| {
+            let bytes = 1000 + i;
+            let (pid, summary) = common::loadgen_at(
+                &ns.exec(),
+                "client",
+                "127.0.0.1",
+                port,
+                &["--count", "1", "--send", &bytes.to_string()],
+            );
+            assert_eq!(summary["connected"], 1, "{summary}");
+            (u64::from(pid), bytes)
+        })
+        .collect();
+    assert!(server.wait().success());
+    // Rows and count come from one read of the map; wait for a read after the last client.
+    let (report, present) = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let report = tracer.json_lines().pop().ok_or(None)?;
+            let rows = report["processes"].as_array().cloned().unwrap_or_default();
+            let present: BTreeMap<u64, u64> = rows
+                .iter()
+                .filter_map(|r| Some((r["pid"].as_u64()?, r["bytes_sent"].as_u64()?)))
+                .filter(|(pid, bytes)| sent.contains_key(pid) && *bytes > 0)
+                .collect();
+            let missing = CLIENTS - present.len() as u64;
+            let evicted = report["tracking"]["proc_map_evictions"]
+                .as_u64()
+                .unwrap_or(0);
+            if missing >= CLIENTS + 1 - CAPACITY && evicted >= missing {
+                Ok((report, present))
+            } else {
+                Err(Some(report))
+            }
+        },
+        |last| format!("evictions never covered the missing clients: {last:?}"),
+    );
+    let evicted = report["tracking"]["proc_map_evictions"].as_u64().unwrap();
+    eprintln!(
+        "{} of {CLIENTS} clients left in a map of {CAPACITY}, {evicted} evictions counted",
+        present.len()
+    );
+    for (pid, bytes) in &present {
+        assert_eq!(Some(bytes), sent.get(pid), "pid {pid}: {report}");
+    }
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+}
+
 #[test]
 fn bad_intervals_are_usage_errors() {
     for bad in ["0", "-1", "abc", "100000"] {

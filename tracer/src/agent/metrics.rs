@@ -112,6 +112,7 @@ pub struct Metrics {
     table_capacity: Gauge,
     table_refused: Counter,
     sock_map_evictions: Counter,
+    proc_map_evictions: Counter,
     degraded: Family<FeatureLabel, Gauge>,
     refresh_seconds: FloatGauge,
     refresh_errors: Counter,
@@ -197,6 +198,7 @@ impl Metrics {
             table_capacity: Gauge::default(),
             table_refused: Counter::default(),
             sock_map_evictions: Counter::default(),
+            proc_map_evictions: Counter::default(),
             degraded: Family::default(),
             refresh_seconds: FloatGauge::default(),
             refresh_errors: Counter::default(),
@@ -385,6 +387,12 @@ impl Metrics {
             self.sock_map_evictions.clone(),
         );
         t.register(
+            "proc_map_evictions",
+            "Processes evicted from the kernel's per-process byte map (--max-processes entries, \
+             least recently active first): bytes they moved before it are no longer counted",
+            self.proc_map_evictions.clone(),
+        );
+        t.register(
             "degraded",
             "Features off on this kernel (1 per feature)",
             self.degraded.clone(),
@@ -441,6 +449,7 @@ impl Metrics {
         self.table_capacity.set(gauge(table.capacity as u64));
         advance(&self.table_refused, table.refused);
         advance(&self.sock_map_evictions, agg.sock_map_evictions);
+        advance(&self.proc_map_evictions, agg.proc_map_evictions);
         for (tp, s) in live.probes.program_stats() {
             let labels = ProgramLabel {
                 program: tp.name().to_owned(),

@@ -105,6 +105,9 @@ pub struct Aggregator {
     /// socket table had gone (evicted from a full set): they come without a time in state, and
     /// their owner is known again only once its process acts on the socket.
     pub sock_map_evictions: u64,
+    /// Processes the kernel's per-process traffic map evicted (least recently active first):
+    /// their bytes from before the eviction are gone from the kernel's totals.
+    pub proc_map_evictions: u64,
     pub other_netns: u64,
     /// The newest event timestamp applied.
     pub now_ns: u64,
@@ -134,6 +137,7 @@ impl Aggregator {
             unknown_sockets: 0,
             stale_entries: 0,
             sock_map_evictions: 0,
+            proc_map_evictions: 0,
             other_netns: 0,
             now_ns: 0,
         }
@@ -311,6 +315,15 @@ impl Aggregator {
     pub fn set_proc_bytes(&mut self, bytes: StdHashMap<u32, ProcBytes>) {
         self.proc_bytes = bytes;
         self.name_proc_bytes();
+    }
+
+    /// Takes the kernel's count of processes ever entered in its traffic map, read before the
+    /// entries now in [`Self::proc_bytes`]. Nothing deletes entries, so the difference is what
+    /// the map's LRU evicted. A process entered between the two reads lowers the difference;
+    /// the count never goes back.
+    pub fn observe_proc_inserts(&mut self, inserted: u64) {
+        let evicted = inserted.saturating_sub(self.proc_bytes.len() as u64);
+        self.proc_map_evictions = self.proc_map_evictions.max(evicted);
     }
 
     /// The kernel records the comm of the first thread that moved bytes; show the process's.

@@ -332,3 +332,35 @@ fn a_followed_socket_without_time_in_state_lost_its_kernel_entry() {
         1
     );
 }
+
+#[test]
+fn process_map_evictions_are_entries_inserted_less_entries_present() {
+    let bytes = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| {
+                let b = ProcBytes {
+                    sent: 1,
+                    received: 0,
+                    comm: Comm::new(b"p"),
+                };
+                (p, b)
+            })
+            .collect::<StdHashMap<_, _>>()
+    };
+    let mut a = Aggregator::new(16, Some(NS));
+    a.set_proc_bytes(bytes(&[1, 2, 3]));
+    a.observe_proc_inserts(3);
+    assert_eq!(a.proc_map_evictions, 0);
+    // Six entered, four present: two evicted.
+    a.set_proc_bytes(bytes(&[3, 4, 5, 6]));
+    a.observe_proc_inserts(6);
+    assert_eq!(a.proc_map_evictions, 2);
+    // The count was read before two more came in: the difference drops, the count stays.
+    a.set_proc_bytes(bytes(&[3, 4, 5, 6, 7, 8]));
+    a.observe_proc_inserts(6);
+    assert_eq!(a.proc_map_evictions, 2);
+    a.observe_proc_inserts(9);
+    assert_eq!(a.proc_map_evictions, 3);
+    let stats = a.stats(a.now_ns, 10, view::ProcSort::Bytes, &LossTotals::default());
+    assert_eq!(stats.tracking.proc_map_evictions, 3);
+}

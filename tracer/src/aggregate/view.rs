@@ -93,6 +93,9 @@ pub struct Tracking {
     /// See [`super::Aggregator::sock_map_evictions`].
     #[serde(default)]
     pub sock_map_evictions: u64,
+    /// See [`super::Aggregator::proc_map_evictions`].
+    #[serde(default)]
+    pub proc_map_evictions: u64,
     pub other_netns_events: u64,
 }
 
@@ -168,6 +171,7 @@ impl Aggregator {
                 unknown_sockets: self.unknown_sockets,
                 stale_entries: self.stale_entries,
                 sock_map_evictions: self.sock_map_evictions,
+                proc_map_evictions: self.proc_map_evictions,
                 other_netns_events: self.other_netns,
             },
         }

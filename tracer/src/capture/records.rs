@@ -95,6 +95,9 @@ pub struct StateSnapshot {
     /// Absent from captures written before it existed.
     #[serde(default)]
     pub sock_map_evictions: u64,
+    /// Absent from captures written before it existed.
+    #[serde(default)]
+    pub proc_map_evictions: u64,
     pub other_netns: u64,
     /// Loss totals by cause name.
     pub losses: Vec<(String, u64)>,
@@ -111,6 +114,9 @@ pub struct Refresh {
     pub mini: Mini,
     pub listeners: Vec<SnapListener>,
     pub procs: Vec<SnapProc>,
+    /// See [`StateSnapshot::proc_map_evictions`].
+    #[serde(default)]
+    pub proc_map_evictions: u64,
     pub losses: Vec<(String, u64)>,
     /// Process names as the recorder knew them (see [`StateSnapshot::names`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -124,6 +124,7 @@ pub fn snapshot(
         unknown_sockets: agg.unknown_sockets,
         stale_entries: agg.stale_entries,
         sock_map_evictions: agg.sock_map_evictions,
+        proc_map_evictions: agg.proc_map_evictions,
         other_netns: agg.other_netns,
         losses: losses_of(losses),
         names: names_of(agg),
@@ -137,6 +138,7 @@ pub fn refresh(agg: &Aggregator, losses: &LossTotals, at_ns: u64) -> Refresh {
         mini: mini_of(agg, at_ns),
         listeners: listeners_of(agg),
         procs: procs_of(agg),
+        proc_map_evictions: agg.proc_map_evictions,
         losses: losses_of(losses),
         names: names_of(agg),
     }
@@ -256,6 +258,7 @@ pub fn restore(
     agg.unknown_sockets = s.unknown_sockets;
     agg.stale_entries = s.stale_entries;
     agg.sock_map_evictions = s.sock_map_evictions;
+    agg.proc_map_evictions = s.proc_map_evictions;
     agg.other_netns = s.other_netns;
     agg.now_ns = agg.now_ns.max(s.at_ns);
     observe_losses(losses, &s.losses);
@@ -265,6 +268,7 @@ pub fn restore(
 pub fn apply_refresh(agg: &mut Aggregator, losses: &mut LossTotals, r: &Refresh) {
     apply_parts(agg, r.mini, r.started_ns, &r.listeners);
     agg.set_proc_bytes(proc_bytes(&r.procs));
+    agg.proc_map_evictions = agg.proc_map_evictions.max(r.proc_map_evictions);
     set_names(agg, &r.names);
     observe_losses(losses, &r.losses);
 }

@@ -77,6 +77,7 @@ fn snapshot() -> StateSnapshot {
         unknown_sockets: 1,
         stale_entries: 0,
         sock_map_evictions: 4,
+        proc_map_evictions: 5,
         other_netns: 2,
         losses: vec![("ringbuf_full".into(), 6)],
         names: vec![(42, "nginx".into())],
@@ -113,6 +114,7 @@ fn items() -> Vec<Item> {
         mini: Mini::default(),
         listeners: Vec::new(),
         procs: Vec::new(),
+        proc_map_evictions: 3,
         losses: vec![("decode_error".into(), 1)],
         names: vec![(42, "nginx".into())],
     })));

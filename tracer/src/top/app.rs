@@ -183,6 +183,7 @@ pub(crate) mod tests {
                 unknown_sockets: 0,
                 stale_entries: 0,
                 sock_map_evictions: 0,
+                proc_map_evictions: 0,
                 other_netns_events: 0,
             },
         }
