@@ -370,6 +370,14 @@ fn footer_lines(stats: &Stats) -> Vec<Line<'static>> {
             Style::new().fg(Color::Red).bold(),
         ));
     }
+    // Bytes of evicted processes are gone from their rows: say so beside the byte columns.
+    if t.proc_map_evictions > 0 {
+        second.push(Span::raw(" │ "));
+        second.push(Span::styled(
+            format!("byte map: {} processes evicted", t.proc_map_evictions),
+            Style::new().fg(Color::Yellow).bold(),
+        ));
+    }
     second.push(Span::raw(format!(
         " │ tracked {}/{}",
         t.sockets, t.capacity
@@ -574,13 +582,15 @@ mod tests {
         s.lost.insert("ringbuf_full".to_owned(), 12);
         s.lost.insert("decode_error".to_owned(), 1);
         s.tracking.refused = 4;
-        let (buf, lines) = draw(&app_with(s), 80, 24);
+        s.tracking.proc_map_evictions = 2;
+        let (buf, lines) = draw(&app_with(s), 120, 24);
         let screen = lines.join("\n");
         assert!(
             screen.contains("LOST EVENTS 13: decode_error 1, ringbuf_full 12"),
             "{screen}"
         );
         assert!(screen.contains("table full: 4 untracked"), "{screen}");
+        assert!(screen.contains("byte map: 2 processes evicted"), "{screen}");
         let (x, y) = find(&lines, "LOST EVENTS").unwrap();
         assert_eq!(buf[(x as u16, y as u16)].bg, Color::Red);
     }
