@@ -13,6 +13,20 @@ pub enum WakeupMode {
     Batched = 1,
 }
 
+/// Where the owner, time in state and lifespan of each event are worked out.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// The kernel programs keep a socket table and fill every event in before it is written,
+    /// so that owner filters run in the kernel and a lost event loses nothing else.
+    Kernel = 0,
+    /// The transition programs keep no per-socket state: they report the current task on the
+    /// transitions only a socket's owner makes, and userspace follows each socket through the
+    /// time-ordered stream. The socket table holds bytes only, and the send/recv programs
+    /// report an owner record when a socket's owner changes.
+    Userspace = 1,
+}
+
 /// Per-CPU counters (index into the `COUNTERS` per-CPU array).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +56,13 @@ pub enum Counter {
     /// Processes entered in the per-process traffic map. Nothing deletes its entries, so
     /// entries inserted less entries present is what its LRU evicted.
     ProcInserts = 9,
+    /// With userspace attribution: owner records the ring buffer could not take. No event is
+    /// lost, but the socket's owner may stay the one recorded before.
+    OwnerRecordsLost = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
@@ -57,6 +74,7 @@ impl Counter {
         Self::MarksTaken,
         Self::MarksWritten,
         Self::ProcInserts,
+        Self::OwnerRecordsLost,
     ];
 }
 
@@ -68,6 +86,8 @@ pub struct Config {
     pub wakeup_mode: u32,
     /// With [`WakeupMode::Batched`]: pending bytes that force a wakeup.
     pub wakeup_bytes: u32,
+    /// An [`Attribution`] as `u32`.
+    pub attribution: u32,
 }
 
 impl Config {
@@ -75,10 +95,11 @@ impl Config {
         filter: Filter::ANY,
         wakeup_mode: WakeupMode::Adaptive as u32,
         wakeup_bytes: 0,
+        attribution: Attribution::Kernel as u32,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 68);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -19,6 +19,10 @@ pub enum EventKind {
     /// `tcp:tcp_retransmit_synack`: a listener (`sk`) retransmitted a SYN-ACK, so the handshake
     /// has not completed. `sport` is the listening port, `daddr` the client.
     SynackRetransmit = 5,
+    /// With [`crate::Attribution::Userspace`] only: a send or receive by a process other than
+    /// the one the socket table has for the socket (or the first one seen). `pid` and `comm`
+    /// are the new owner. Userspace attribution consumes it; it is never output.
+    Owner = 6,
 }
 
 impl TryFrom<u8> for EventKind {
@@ -30,6 +34,7 @@ impl TryFrom<u8> for EventKind {
             3 => Ok(Self::ResetSent),
             4 => Ok(Self::ResetReceived),
             5 => Ok(Self::SynackRetransmit),
+            6 => Ok(Self::Owner),
             other => Err(other),
         }
     }

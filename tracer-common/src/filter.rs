@@ -40,6 +40,11 @@ impl Filter {
     pub const FAMILY: u32 = 1 << 6;
     pub const STATE: u32 = 1 << 7;
     pub const KIND: u32 = 1 << 8;
+    /// An unset local port (0) passes `PORT` and `LPORT`: `CLOSE -> SYN_SENT` runs before
+    /// connect() picks the local port. Set only in [`Filter::socket_prefilter`].
+    pub const UNSET_LPORT: u32 = 1 << 9;
+    /// Criteria that hold for every event of one socket.
+    const SOCKET_WIDE: u32 = Self::PORT | Self::LPORT | Self::RPORT | Self::ADDR | Self::FAMILY;
 
     pub const ANY: Self = Self {
         flags: 0,
@@ -56,6 +61,27 @@ impl Filter {
         kinds: 0,
     };
 
+    /// What the kernel applies when userspace attributes events: only the criteria that hold
+    /// for every event of a socket, so that it drops whole sockets and userspace still sees
+    /// every transition of a socket that may match (owners and times in state come from the
+    /// ones before). Userspace applies the whole filter after attribution. Event kinds are
+    /// left to userspace too: a close record counts the socket's retransmissions.
+    pub const fn socket_prefilter(&self) -> Self {
+        let mut f = *self;
+        f.flags &= Self::SOCKET_WIDE;
+        if f.flags & (Self::PORT | Self::LPORT) != 0 {
+            f.flags |= Self::UNSET_LPORT;
+        }
+        f
+    }
+
+    /// Whether the filter selects by owner or state: criteria the kernel can apply only when it
+    /// attributes events itself. Under [`Filter::socket_prefilter`] every event of a candidate
+    /// socket would reach userspace.
+    pub const fn selects_owner_or_state(&self) -> bool {
+        self.flags & (Self::PID | Self::COMM | Self::STATE) != 0
+    }
+
     /// Whether the criteria that do not depend on the owner match. The kernel checks these before
     /// looking the owner up.
     #[inline(always)]
@@ -67,10 +93,11 @@ impl Filter {
         if f & Self::FAMILY != 0 && ev.family != self.family {
             return false;
         }
-        if f & Self::PORT != 0 && ev.sport != self.port && ev.dport != self.port {
+        let unset_lport = f & Self::UNSET_LPORT != 0 && ev.sport == 0;
+        if f & Self::PORT != 0 && ev.sport != self.port && ev.dport != self.port && !unset_lport {
             return false;
         }
-        if f & Self::LPORT != 0 && ev.sport != self.lport {
+        if f & Self::LPORT != 0 && ev.sport != self.lport && !unset_lport {
             return false;
         }
         if f & Self::RPORT != 0 && ev.dport != self.rport {
@@ -368,6 +395,60 @@ mod tests {
             })
             .matches(&e)
         );
+    }
+
+    #[test]
+    fn socket_prefilter_keeps_socket_criteria_and_passes_an_unset_local_port() {
+        let full = with(|f| {
+            f.flags = Filter::LPORT | Filter::PID | Filter::STATE | Filter::KIND | Filter::FAMILY;
+            f.lport = 50000;
+            f.pid = 7;
+            f.state_mask = bit(CLOSE_WAIT);
+            f.kinds = 1 << EventKind::Retransmit as u32;
+            f.family = AF_INET;
+        });
+        assert!(full.selects_owner_or_state());
+        let pre = full.socket_prefilter();
+        assert_eq!(
+            pre.flags,
+            Filter::LPORT | Filter::FAMILY | Filter::UNSET_LPORT
+        );
+        assert!(!pre.selects_owner_or_state());
+        let mut e = ev();
+        // Another owner, another state, another kind: the socket matches, so it passes.
+        assert!(!full.matches(&e));
+        assert!(pre.matches(&e));
+        // connect() has not picked the local port yet.
+        e.sport = 0;
+        assert!(pre.matches(&e));
+        assert!(
+            !with(|f| {
+                f.flags = Filter::LPORT;
+                f.lport = 50000
+            })
+            .matches(&e)
+        );
+        // Another socket: a local port that is set and differs.
+        e.sport = 50001;
+        assert!(!pre.matches(&e));
+        e.family = AF_INET6;
+        e.sport = 50000;
+        assert!(!pre.matches(&e));
+        // `--port` alike, and only the local side may be unset.
+        let port = with(|f| {
+            f.flags = Filter::PORT;
+            f.port = 8080
+        })
+        .socket_prefilter();
+        let mut e = ev();
+        e.sport = 0;
+        assert!(port.matches(&e));
+        e.dport = 8080;
+        e.sport = 1234;
+        assert!(port.matches(&e));
+        e.dport = 9090;
+        assert!(!port.matches(&e));
+        assert!(!with(|f| f.flags = Filter::PORT | Filter::KIND).selects_owner_or_state());
     }
 
     #[test]

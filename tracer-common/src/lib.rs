@@ -15,12 +15,14 @@ pub mod sock;
 pub mod stage;
 pub mod state;
 
-pub use config::{Config, Counter, WakeupMode};
+pub use config::{Attribution, Config, Counter, WakeupMode};
 pub use event::{EventKind, OwnerSource, RawEvent};
 pub use filter::Filter;
 pub use layout::{FieldLoc, TpLayout};
 pub use marks::MarkTable;
-pub use sock::{ListenerOwner, ProcTraffic, SOCK_WAYS, SockInfo, SockSet, sock_set, sock_sets};
+pub use sock::{
+    ListenerOwner, ProcTraffic, SOCK_WAYS, SockInfo, SockSet, portpair, sock_set, sock_sets,
+};
 
 /// Address families as the tracepoints report them.
 pub const AF_INET: u16 = 2;

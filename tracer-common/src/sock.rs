@@ -30,6 +30,12 @@ pub struct SockInfo {
     /// tracepoint reports no peer; the kernel program emits it with the next transition.
     pub open_pending: u8,
     pub _pad: [u8; 2],
+    /// With userspace attribution: the socket's `skc_portpair` when the entry was made. Nothing
+    /// clears a closed socket's entry when a new connection starts at its address (the
+    /// transition programs do not touch the table), so an entry whose ports differ belongs to
+    /// an earlier connection.
+    pub ports: u32,
+    pub _pad2: u32,
 }
 
 impl SockInfo {
@@ -47,14 +53,23 @@ impl SockInfo {
             owner_src,
             open_pending: 0,
             _pad: [0; 2],
+            ports: 0,
+            _pad2: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
 // The kernel side copies command names as two words (see its `comm` module).
 const _: () = assert!(core::mem::offset_of!(SockInfo, comm).is_multiple_of(8));
 const _: () = assert!(core::mem::align_of::<SockInfo>() == 8);
+
+/// The `skc_portpair` of a socket whose transitions report these ports (host order, local
+/// first): `skc_dport` (network order) in the low half, `skc_num` in the high half, as x86_64
+/// reads the union.
+pub const fn portpair(sport: u16, dport: u16) -> u32 {
+    ((sport as u32) << 16) | (dport.to_be() as u32)
+}
 
 /// Entries per set of the socket table: with the set's claim word, their keys fill one cache
 /// line.
@@ -73,10 +88,10 @@ pub struct SockSet {
     pub keys: [u64; SOCK_WAYS],
     pub infos: [SockInfo; SOCK_WAYS],
     /// To a whole number of cache lines, so every set's first line is its own.
-    pub _pad: u64,
+    pub _pad: [u64; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<SockSet>() == 64 + 72 * SOCK_WAYS + 8);
+const _: () = assert!(core::mem::size_of::<SockSet>() == 64 + 80 * SOCK_WAYS + 16);
 const _: () = assert!(core::mem::size_of::<SockSet>().is_multiple_of(64));
 const _: () = assert!(core::mem::offset_of!(SockSet, infos) == 64);
 

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, Counter, EventKind, FieldLoc, IPPROTO_TCP, ListenerOwner,
-    OwnerSource, ProcTraffic, RawEvent, SockInfo, TpLayout, WakeupMode,
+    AF_INET, AF_INET6, Attribution, Config, Counter, EventKind, FieldLoc, IPPROTO_TCP,
+    ListenerOwner, OwnerSource, ProcTraffic, RawEvent, SockInfo, TpLayout, WakeupMode, portpair,
     stage::{FLUSH_BUSY, STAGE_EVENTS, Stage},
     state,
 };
@@ -100,6 +100,24 @@ static SK_FLAGS: FieldLoc = FieldLoc::ABSENT;
 #[unsafe(no_mangle)]
 static SOCK_DONE_BIT: u32 = 0;
 
+/// `sock_common.skc_portpair`: with userspace attribution, tells a socket's byte entry from one
+/// an earlier connection at the same address left behind.
+#[unsafe(no_mangle)]
+static SOCK_PORTPAIR: FieldLoc = FieldLoc::ABSENT;
+/// `tcp_sock.data_segs_in` / `data_segs_out`: with userspace attribution, a closing socket that
+/// carried no data has no byte entry to look up (a miss on a cold line of the socket table).
+#[unsafe(no_mangle)]
+static TCP_DATA_SEGS_IN: FieldLoc = FieldLoc::ABSENT;
+#[unsafe(no_mangle)]
+static TCP_DATA_SEGS_OUT: FieldLoc = FieldLoc::ABSENT;
+
+/// Whether userspace works out owners and times (see [`Attribution`]). `CONFIG` is read-only,
+/// so the verifier knows the answer and walks only one path.
+#[inline(always)]
+fn userspace_attribution() -> bool {
+    load(&CONFIG.attribution) == Attribution::Userspace as u32
+}
+
 /// Reads a small field of the socket beyond the copied prefix.
 #[inline(always)]
 fn sock_read<T: Copy>(sk: u64, f: &'static FieldLoc) -> Result<T, i64> {
@@ -124,6 +142,32 @@ fn sock_netns(sk: u64) -> u32 {
         }
         _ => 0,
     }
+}
+
+/// Namespaces read on this CPU are taken again after this long, so that a `struct net` freed
+/// and reused for a new namespace is not reported as the old one for longer.
+const NETNS_CACHE_NS: u64 = 100_000_000;
+
+/// Inode of the socket's network namespace through a per-CPU cache of the last one read.
+/// `net.ns.inum` shares its cache line with the namespace's reference count, which every
+/// socket created or freed in it writes: read on every transition, that line cost 25-115 ns
+/// under churn, as it bounced between the CPUs.
+#[inline(always)]
+fn netns_cached(s: &mut Slot, sk: u64, now: u64) -> u32 {
+    let inum = load(&NET_INUM);
+    if inum.size != 4 {
+        return 0;
+    }
+    let net = sock_read::<u64>(sk, &SOCK_NET).unwrap_or(0);
+    if net == 0 {
+        return 0;
+    }
+    if net != s.net_ptr || now.wrapping_sub(s.net_read_ns) > NETNS_CACHE_NS {
+        let v = unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
+            .unwrap_or(0);
+        (s.net_ptr, s.net_inum, s.net_read_ns) = (net, u64::from(v), now);
+    }
+    s.net_inum as u32
 }
 
 /// Inode of the network namespace of a packet's device, or 0 when unknown.
@@ -180,6 +224,15 @@ fn clear(ev: &mut RawEvent) {
         unsafe { core::ptr::write_volatile(p.add(i), 0) };
         i += 1;
     }
+}
+
+/// Clears the event and sets what every record has: its kind, time and socket.
+#[inline(always)]
+fn begin(ev: &mut RawEvent, kind: EventKind, ts_ns: u64, sk: u64) {
+    clear(ev);
+    ev.kind = kind as u8;
+    ev.ts_ns = ts_ns;
+    ev.sk = sk;
 }
 
 /// Runs a classic tracepoint program body with this CPU's scratch slot.
@@ -307,10 +360,7 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let ev = &mut s.ev;
-    clear(ev);
-    ev.kind = EventKind::State as u8;
-    ev.ts_ns = now;
-    ev.sk = sk;
+    begin(ev, EventKind::State, now, sk);
     ev.old_state = old;
     ev.new_state = new;
     ev.sport = rec.uint(&l.sport) as u16;
@@ -318,8 +368,9 @@ fn try_set_state(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     ev.family = family;
     fill_addrs(rec, l, family, ev);
 
-    if old == state::LISTEN && new == state::SYN_RECV && ev.dport == 0 {
+    if old == state::LISTEN && new == state::SYN_RECV && ev.dport == 0 && !userspace_attribution() {
         // The peer is not in the new socket yet (older kernels): emitted with the next one.
+        // (With userspace attribution, userspace holds it back instead.)
         // Without a map entry (map full) it goes out now, peer unknown, rather than never.
         track_owner(s, now);
         if let Some(e) = table::lookup(sk) {
@@ -347,7 +398,8 @@ fn deferred_opens_seen() -> bool {
 /// output is counted in `emit`; the current transition goes on regardless.
 #[inline(always)]
 fn emit_pending_open(s: &mut Slot, now: u64) {
-    if s.ev.old_state != state::SYN_RECV || !deferred_opens_seen() {
+    // With userspace attribution, userspace holds a deferred open back.
+    if userspace_attribution() || s.ev.old_state != state::SYN_RECV || !deferred_opens_seen() {
         return;
     }
     let Some(e) = table::lookup(s.ev.sk) else {
@@ -400,6 +452,10 @@ fn try_set_state_nested(sk: u64, old: u8, new: u8, s: &mut Slot) -> Result<(), i
 /// maps up to date. Runs for every transition, filtered or not, so the maps stay right.
 #[inline(always)]
 fn track_owner(s: &mut Slot, now: u64) {
+    if userspace_attribution() {
+        report_for_userspace(s, now);
+        return;
+    }
     let (old, new, sk) = (s.ev.old_state, s.ev.new_state, s.ev.sk);
     // A transition out of CLOSE, or a listener's new child, starts a new connection at an
     // address that may have been used before: nothing recorded for it applies.
@@ -492,6 +548,16 @@ fn track_owner(s: &mut Slot, now: u64) {
         }
     }
 
+    track_listener(ev.sport, old, new, pid, comm);
+    if new == state::CLOSE && entry.found() {
+        entry.remove(sk);
+    }
+}
+
+/// Keeps the listener map: the owner of each listening port, for the passive children and
+/// SYN-ACK retransmissions of that port.
+#[inline(always)]
+fn track_listener(port: u16, old: u8, new: u8, pid: u32, comm: Comm) {
     if new == state::LISTEN {
         let mut owner = ListenerOwner {
             comm: [0; 16],
@@ -499,20 +565,77 @@ fn track_owner(s: &mut Slot, now: u64) {
             _pad: 0,
         };
         comm.write(&mut owner.comm);
-        if LISTENERS.insert(ev.sport, owner, 0).is_err() {
+        if LISTENERS.insert(port, owner, 0).is_err() {
             count(Counter::ListenerMapFull);
         }
     } else if old == state::LISTEN && new == state::CLOSE {
         // With SO_REUSEPORT another process may still listen on the port: only forget our own.
-        if let Some(o) = unsafe { LISTENERS.get(ev.sport) }
+        if let Some(o) = unsafe { LISTENERS.get(port) }
             && o.pid == pid
         {
-            let _ = LISTENERS.remove(ev.sport);
+            let _ = LISTENERS.remove(port);
         }
     }
-    if new == state::CLOSE && entry.found() {
-        entry.remove(sk);
+}
+
+/// With userspace attribution: what only the kernel can tell, read without touching the
+/// socket table (the socket's line is warm here, the table's line belongs to whichever CPU
+/// last ran the socket). The owner on the transitions only the owner makes, the namespace,
+/// and at `-> CLOSE` the socket's error and bytes. Userspace follows each socket for the rest.
+#[inline(always)]
+fn report_for_userspace(s: &mut Slot, now: u64) {
+    let (old, new, sk) = (s.ev.old_state, s.ev.new_state, s.ev.sk);
+    let mut owner = (0, Comm::NONE);
+    if in_owner_context(old, new) {
+        owner = ((bpf_get_current_pid_tgid() >> 32) as u32, Comm::current());
+        let ev = &mut s.ev;
+        ev.pid = owner.0;
+        owner.1.write(&mut ev.comm);
+        ev.owner_src = OwnerSource::Process as u8;
     }
+    s.ev.netns = netns_cached(s, sk, now);
+    let ev = &mut s.ev;
+    if new == state::CLOSE {
+        ev.err = sock_read::<i32>(sk, &SOCK_ERR).unwrap_or(0);
+        if load(&BYTES_AT_CLOSE) != 0 {
+            bytes_at_close(ev);
+        } else if carried_data(sk) {
+            bytes_from_table(ev);
+        }
+    }
+    if new == state::LISTEN || old == state::LISTEN && new == state::CLOSE {
+        track_listener(ev.sport, old, new, owner.0, owner.1);
+    }
+}
+
+/// Whether the socket sent or received any data segment; true when BTF did not tell where
+/// the counters are.
+#[inline(always)]
+fn carried_data(sk: u64) -> bool {
+    match (
+        sock_read::<u32>(sk, &TCP_DATA_SEGS_IN),
+        sock_read::<u32>(sk, &TCP_DATA_SEGS_OUT),
+    ) {
+        (Ok(i), Ok(o)) => i != 0 || o != 0,
+        _ => true,
+    }
+}
+
+/// The closing socket's application bytes from its entry, which the send/recv programs made;
+/// the entry goes. An entry with other ports was an earlier connection's at this address.
+#[inline(always)]
+fn bytes_from_table(ev: &mut RawEvent) {
+    let Some(e) = table::lookup(ev.sk) else {
+        return;
+    };
+    let info = e.info();
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*info).ports) == portpair(ev.sport, ev.dport) {
+            ev.bytes_sent = core::ptr::read_volatile(&raw const (*info).bytes_sent);
+            ev.bytes_received = core::ptr::read_volatile(&raw const (*info).bytes_received);
+        }
+    }
+    e.remove(ev.sk);
 }
 
 /// Enters a socket in the socket table. Evicting a live socket is counted: it loses its owner
@@ -548,10 +671,7 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
         return Ok(());
     }
     let ev = &mut s.ev;
-    clear(ev);
-    ev.kind = EventKind::Retransmit as u8;
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.sk = sk;
+    begin(ev, EventKind::Retransmit, unsafe { bpf_ktime_get_ns() }, sk);
     let st = rec.uint(&l.state) as u8;
     ev.old_state = st;
     ev.new_state = st;
@@ -560,7 +680,9 @@ fn try_retransmit(ctx: &TracePointContext, s: &mut Slot) -> Result<(), i64> {
     ev.family = family;
     ev.err = rec.uint(&l.err) as u32 as i32;
     fill_addrs(rec, l, family, ev);
-    owner_from_map(ev);
+    if !userspace_attribution() {
+        owner_from_map(ev);
+    }
     emit(s)
 }
 
@@ -594,7 +716,9 @@ fn try_retransmit_nested(sk: u64, s: &mut Slot) -> Result<(), i64> {
     let st = s.rec.uint(&SOCK_STATE) as u8;
     ev.old_state = st;
     ev.new_state = st;
-    owner_from_map(ev);
+    if !userspace_attribution() {
+        owner_from_map(ev);
+    }
     emit(s)
 }
 
@@ -671,7 +795,9 @@ fn try_signal(
             Comm::read(&o.comm).write(&mut ev.comm);
             ev.owner_src = OwnerSource::Listener as u8;
         }
-    } else if let Some(e) = table::lookup(ev.sk) {
+    } else if !userspace_attribution()
+        && let Some(e) = table::lookup(ev.sk)
+    {
         let e = unsafe { &*e.info() };
         ev.pid = e.pid;
         Comm::read(&e.comm).write(&mut ev.comm);
@@ -718,18 +844,34 @@ fn try_count_bytes(
     }
     let bytes = ret as u64;
     let sk = rec.uint(&l.skaddr);
+    let family = rec.uint(&l.family) as u16;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut comm = None;
-    let counted = table::lookup(sk)
-        .is_some_and(|e| count_on_entry(e.info(), sk, tgid, &mut comm, dir, bytes));
+    // With userspace attribution nothing replaces an entry when a new connection starts at its
+    // address: its ports tell whether it is this connection's.
+    let ports = if userspace_attribution() {
+        sock_read::<u32>(sk, &SOCK_PORTPAIR).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut new_owner = false;
+    let counted = table::lookup(sk).is_some_and(|e| {
+        let theirs = unsafe { core::ptr::read_volatile(&raw const (*e.info()).ports) } == ports;
+        theirs && count_on_entry(e.info(), sk, tgid, &mut comm, &mut new_owner, dir, bytes)
+    });
     if !counted {
-        // No entry, or it went with a reset in the meantime (the close record is out): a fresh
-        // one, which the socket's next connection replaces.
+        // No entry, an earlier connection's, or it went with a reset in the meantime (the
+        // close record is out): a fresh one, which the socket's next connection replaces.
         let c = *comm.get_or_insert_with(|| bpf_get_current_comm().unwrap_or([0; 16]));
         let mut info = SockInfo::new(sk, tgid, c, OwnerSource::Process as u8);
         info.netns = sock_netns(sk);
+        info.ports = ports;
         add_bytes(&mut info.bytes_sent, &mut info.bytes_received, dir, bytes);
         remember(sk, &info);
+        new_owner = true;
+    }
+    if new_owner && userspace_attribution() {
+        emit_owner(s, sk, family, tgid, comm.unwrap_or([0; 16]));
     }
     proc_add(
         tgid,
@@ -738,6 +880,27 @@ fn try_count_bytes(
         bytes,
     );
     Ok(())
+}
+
+/// Tells userspace attribution that `tgid` now owns `sk` (a record, never output). Rare: once
+/// per socket and process that moves data on it.
+#[inline(always)]
+fn emit_owner(s: &mut Slot, sk: u64, family: u16, tgid: u32, comm: [u8; 16]) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let netns = netns_cached(s, sk, now);
+    let ev = &mut s.ev;
+    begin(ev, EventKind::Owner, now, sk);
+    ev.family = family;
+    ev.pid = tgid;
+    Comm::read(&comm).write(&mut ev.comm);
+    ev.owner_src = OwnerSource::Process as u8;
+    ev.netns = netns;
+    // A record of its own rather than staged with events, so that a full ring's loss of it is
+    // counted apart from events (it is none). The reader keeps each ring in timestamp order.
+    let flags = wakeup_flags(s, 1);
+    if ring().output::<RawEvent>(&s.ev, flags).is_err() {
+        count(Counter::OwnerRecordsLost);
+    }
 }
 
 /// Owner and bytes into the entry `e` that the lookup of `sk` returned. This runs outside the
@@ -751,6 +914,7 @@ fn count_on_entry(
     sk: u64,
     tgid: u32,
     comm: &mut Option<[u8; 16]>,
+    new_owner: &mut bool,
     dir: Direction,
     bytes: u64,
 ) -> bool {
@@ -766,6 +930,7 @@ fn count_on_entry(
             (*e).pid = tgid;
             (*e).comm = c;
             (*e).owner_src = OwnerSource::Process as u8;
+            *new_owner = true;
         }
         if !is_sks() {
             return false;
@@ -861,17 +1026,24 @@ const WAKEUP_CHECK_EVERY: u64 = 64;
 /// another one.
 const WAKEUP_GAP_NS: u64 = 2_000_000;
 
-/// Applies the filter and stages the event, or writes it to the ring buffer when staging is off
-/// or a program this one interrupted is staging on this CPU. Counts every failure.
+/// Applies the filter and outputs the event.
 #[inline(always)]
 fn emit(slot: &mut Slot) -> Result<(), i64> {
     let ev = &slot.ev;
     if load(&CONFIG.filter.flags) != 0 && !load(&CONFIG.filter).matches(ev) {
         return Ok(());
     }
-    if ev.pid == 0 {
+    // With userspace attribution most owners are filled in there.
+    if !userspace_attribution() && ev.pid == 0 {
         count(Counter::OwnerUnknown);
     }
+    output(slot)
+}
+
+/// Stages the event, or writes it to the ring buffer when staging is off or a program this one
+/// interrupted is staging on this CPU. Counts every failure.
+#[inline(always)]
+fn output(slot: &mut Slot) -> Result<(), i64> {
     let Some(st) = stage::this_cpu().filter(|st| stage::on(st) && !stage::busy(st)) else {
         let flags = wakeup_flags(slot, 1);
         return write(core::array::from_ref(&slot.ev), flags);

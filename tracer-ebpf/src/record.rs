@@ -18,6 +18,11 @@ pub struct Slot {
     pub emitted: u64,
     /// When this slot last forced a wakeup (ns): paces the (costly) self-interrupt it raises.
     pub woke_ns: u64,
+    /// The last socket namespace read on this CPU: its `struct net` address, inode number and
+    /// when it was read (see `netns_cached`).
+    pub net_ptr: u64,
+    pub net_inum: u64,
+    pub net_read_ns: u64,
     pub rec: Record,
     /// The event being built: too large for the 512-byte BPF stack beside everything else.
     pub ev: RawEvent,

@@ -308,6 +308,12 @@ pub struct SockLayout {
     pub dev_net: tracer_common::FieldLoc,
     /// Absent when the kernel's BTF lacks one of them; bytes then need `sock_send_length`.
     pub close_bytes: Result<CloseBytes, String>,
+    /// `skc_portpair`, and `tcp_sock.data_segs_in` / `data_segs_out`: with userspace
+    /// attribution, whether a byte entry is this connection's and whether a closing socket
+    /// has one at all. Absent (size 0) when the kernel's BTF lacks them.
+    pub portpair: tracer_common::FieldLoc,
+    pub data_segs_in: tracer_common::FieldLoc,
+    pub data_segs_out: tracer_common::FieldLoc,
 }
 
 pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
@@ -366,6 +372,9 @@ pub fn sock_layout(btf: &Btf) -> Result<SockLayout, String> {
         skb_dev: loc_in("sk_buff", &["dev"], 8).unwrap_or(FieldLoc::ABSENT),
         dev_net: loc_in("net_device", &["nd_net", "net"], 8).unwrap_or(FieldLoc::ABSENT),
         close_bytes: close_bytes(btf, &loc_in),
+        portpair: common("skc_portpair", 4).unwrap_or(FieldLoc::ABSENT),
+        data_segs_in: loc_in("tcp_sock", &["data_segs_in"], 4).unwrap_or(FieldLoc::ABSENT),
+        data_segs_out: loc_in("tcp_sock", &["data_segs_out"], 4).unwrap_or(FieldLoc::ABSENT),
     })
 }
 
@@ -536,6 +545,13 @@ mod tests {
         assert_eq!(layout.net.size, 8);
         assert_eq!(layout.net_inum.size, 4);
         assert_eq!((layout.skb_dev.size, layout.dev_net.size), (8, 8));
+        // The port pair starts with the remote port (the kernel side's `portpair` relies on it).
+        assert_eq!(layout.portpair.size, 4);
+        assert_eq!(layout.portpair.offset, layout.layout.dport.offset);
+        assert_eq!(
+            (layout.data_segs_in.size, layout.data_segs_out.size),
+            (4, 4)
+        );
         assert_eq!(
             btf.field("sock", &["__sk_common", "skc_v6_daddr"])
                 .unwrap()

@@ -18,6 +18,8 @@ pub enum DecodeError {
     State(u8),
     #[error("unknown owner source {0}")]
     OwnerSource(u8),
+    #[error("an owner record, which only userspace attribution reads")]
+    OwnerRecord,
 }
 
 /// A TCP state as the kernel numbers it.
@@ -186,6 +188,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let b = bytes;
     let kind_raw = b[offset_of!(RawEvent, kind)];
     let kind = EventKind::try_from(kind_raw).map_err(DecodeError::Kind)?;
+    if kind == EventKind::Owner {
+        return Err(DecodeError::OwnerRecord);
+    }
     let family = u16_at(b, offset_of!(RawEvent, family));
     if family != AF_INET && family != AF_INET6 {
         return Err(DecodeError::Family(family));
@@ -243,6 +248,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::ResetSent => signal_detail(SignalKind::ResetSent),
         EventKind::ResetReceived => signal_detail(SignalKind::ResetReceived),
         EventKind::SynackRetransmit => signal_detail(SignalKind::SynackRetransmit),
+        EventKind::Owner => return Err(DecodeError::OwnerRecord),
     };
     Ok(Event {
         ts_ns: u64_at(b, offset_of!(RawEvent, ts_ns)),

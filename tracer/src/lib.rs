@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod anomaly;
+pub mod attribution;
 pub mod btf;
 pub mod capture;
 pub mod cli;

@@ -15,6 +15,9 @@ pub enum LossCause {
     ListenerMapFull,
     /// The per-process traffic map refused an update: bytes of a process were not counted.
     ProcMapFull,
+    /// With userspace attribution: an owner record did not fit in the ring buffer. No event
+    /// is lost; a socket's owner may stay the one recorded before.
+    OwnerRingbufFull,
     /// A record could not be decoded (version mismatch or corruption).
     Decode,
     /// The kernel fired the tracepoint without running the programs attached to it.
@@ -24,12 +27,13 @@ pub enum LossCause {
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 8] = [
+    pub const ALL: [LossCause; 9] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
         Self::ListenerMapFull,
         Self::ProcMapFull,
+        Self::OwnerRingbufFull,
         Self::Decode,
         Self::KernelUndelivered,
         Self::OutputQueueFull,
@@ -37,12 +41,13 @@ impl LossCause {
 
     /// The causes a live aggregation can have (`stats` JSON, agent metrics): all but the
     /// output queue, which only the printing commands (`stream`, `record --print`) have.
-    pub const LIVE: [LossCause; 7] = [
+    pub const LIVE: [LossCause; 8] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
         Self::ListenerMapFull,
         Self::ProcMapFull,
+        Self::OwnerRingbufFull,
         Self::Decode,
         Self::KernelUndelivered,
     ];
@@ -54,6 +59,7 @@ impl LossCause {
             Self::SockMapFull => "sock_map_full",
             Self::ListenerMapFull => "listener_map_full",
             Self::ProcMapFull => "proc_map_full",
+            Self::OwnerRingbufFull => "owner_ringbuf_full",
             Self::Decode => "decode_error",
             Self::KernelUndelivered => "kernel_undelivered",
             Self::OutputQueueFull => "output_queue_full",
@@ -70,6 +76,10 @@ impl LossCause {
             }
             Self::ListenerMapFull => "listener map full: passive owners missing",
             Self::ProcMapFull => "process traffic map full: some bytes not counted",
+            Self::OwnerRingbufFull => {
+                "ring buffer full for an owner record (userspace attribution): a socket's owner \
+                 may stay the one recorded before"
+            }
             Self::Decode => "undecodable ring buffer record",
             Self::KernelUndelivered => "the kernel skipped the tracer's programs for a transition",
             Self::OutputQueueFull => {
@@ -175,7 +185,7 @@ mod tests {
         assert_eq!(
             t.summary(),
             "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 proc_map_full=0 \
-             decode_error=1 kernel_undelivered=0 output_queue_full=0"
+             owner_ringbuf_full=0 decode_error=1 kernel_undelivered=0 output_queue_full=0"
         );
         t.add(LossCause::OutputQueueFull, 4);
         assert_eq!(t.take_new(), vec![(LossCause::OutputQueueFull, 4)]);

@@ -15,13 +15,16 @@ use aya::{
     programs::{TracePoint, raw_trace_point::RawTracePointLink},
 };
 use tracer_common::{
-    COMM_LEN, Config, Counter, ListenerOwner, ProcTraffic, TpLayout, WakeupMode,
+    Attribution, COMM_LEN, Config, Counter, Filter, ListenerOwner, ProcTraffic, TpLayout,
+    WakeupMode,
     rings::{RING_MAPS, RINGS},
     sock_sets,
     stage::{FLUSH_PROGRAM, STAGE_MAP},
 };
 
 use crate::{
+    attribution::Refusals,
+    cli::AttributionMode,
     format::{self, Tracepoint},
     links::Links,
     loss::{LossCause, LossTotals},
@@ -88,6 +91,8 @@ pub struct ProbeOptions {
     /// Attach the anomaly signals: `tcp_send_reset`, `tcp_receive_reset`,
     /// `tcp_retransmit_synack`.
     pub signals: bool,
+    /// Where owners and times in state are worked out.
+    pub attribution: AttributionMode,
 }
 
 impl Default for ProbeOptions {
@@ -100,6 +105,7 @@ impl Default for ProbeOptions {
             max_processes: 16_384,
             retransmits: true,
             signals: false,
+            attribution: AttributionMode::Auto,
         }
     }
 }
@@ -133,6 +139,42 @@ pub struct Probes {
     late: Arc<AtomicU64>,
     /// The per-CPU event stages when batched mode stages events, until the reader takes them.
     stages: Option<Stages>,
+    /// Where owners and times in state are worked out.
+    pub attribution: Attribution,
+    /// The whole filter. With userspace attribution the kernel applies only its per-socket
+    /// part, and userspace the rest.
+    pub filter: Filter,
+    /// Capacities for userspace attribution's tables, as the kernel's would be.
+    pub max_sockets: u32,
+    pub max_listeners: u32,
+    /// What userspace attribution could not take in (see `observe_losses`).
+    refusals: Arc<Refusals>,
+}
+
+/// How the attribution is chosen: userspace when asked for, or under `auto` when the kernel has
+/// what it needs and the filter does not select by owner or state (the kernel applies those
+/// only when it attributes). `Err` says why userspace attribution was asked for and is not
+/// possible.
+pub fn choose_attribution(
+    mode: AttributionMode,
+    filter: &Filter,
+    send_recv: bool,
+    socket_btf: bool,
+) -> Result<Attribution, String> {
+    let missing = if !send_recv {
+        Some("sock:sock_send_length and sock:sock_recv_length (Linux 6.4)")
+    } else if !socket_btf {
+        Some("socket offsets from BTF (skc_portpair, net.ns.inum)")
+    } else {
+        None
+    };
+    match (mode, missing) {
+        (AttributionMode::Kernel, _) => Ok(Attribution::Kernel),
+        (AttributionMode::Auto, Some(_)) => Ok(Attribution::Kernel),
+        (AttributionMode::Auto, None) if filter.selects_owner_or_state() => Ok(Attribution::Kernel),
+        (AttributionMode::Auto | AttributionMode::Userspace, None) => Ok(Attribution::Userspace),
+        (AttributionMode::Userspace, Some(what)) => Err(format!("needs {what}")),
+    }
 }
 
 /// Raw-tracepoint programs that record what the classic ones were forced to skip.
@@ -263,6 +305,29 @@ impl Probes {
             })
             .ok();
 
+        let has = |tp| layouts.iter().any(|(t, _)| *t == tp);
+        let socket_btf = sock_layout
+            .as_ref()
+            .is_some_and(|l| l.portpair.size == 4 && l.net_inum.size == 4);
+        let attribution = choose_attribution(
+            opts.attribution,
+            &opts.config.filter,
+            has(Tracepoint::SockSendLength) && has(Tracepoint::SockRecvLength),
+            socket_btf,
+        )
+        .unwrap_or_else(|why| {
+            degraded.push(Degraded {
+                feature: "userspace attribution",
+                reason: format!("{why}; the kernel programs attribute events instead"),
+            });
+            Attribution::Kernel
+        });
+        let mut config = opts.config;
+        config.attribution = attribution as u32;
+        if attribution == Attribution::Userspace {
+            config.filter = opts.config.filter.socket_prefilter();
+        }
+
         let cpus = aya::util::nr_cpus().ok();
         let rings = crate::rings::active(cpus.unwrap_or(RINGS));
         let page = u32::try_from(procfs::page_size()).unwrap_or(4096);
@@ -272,7 +337,7 @@ impl Probes {
             loader.map_max_entries(name, if i < rings { ring_bytes } else { page });
         }
         loader
-            .override_global("CONFIG", &opts.config, true)
+            .override_global("CONFIG", &config, true)
             .map_max_entries("LISTENERS", opts.max_listeners)
             .map_max_entries("PROCS", opts.max_processes);
         for (tp, layout) in &layouts {
@@ -289,6 +354,9 @@ impl Probes {
             loader.override_global("NET_INUM", &sock.net_inum, true);
             loader.override_global("SKB_DEV", &sock.skb_dev, true);
             loader.override_global("DEV_NET", &sock.dev_net, true);
+            loader.override_global("SOCK_PORTPAIR", &sock.portpair, true);
+            loader.override_global("TCP_DATA_SEGS_IN", &sock.data_segs_in, true);
+            loader.override_global("TCP_DATA_SEGS_OUT", &sock.data_segs_out, true);
         }
         let socket_sets = sock_sets(opts.max_sockets);
         loader
@@ -396,6 +464,11 @@ impl Probes {
             socket_sets,
             late: Arc::default(),
             stages,
+            attribution,
+            filter: opts.config.filter,
+            max_sockets: opts.max_sockets,
+            max_listeners: opts.max_listeners,
+            refusals: Arc::default(),
         })
     }
 
@@ -533,6 +606,34 @@ impl Probes {
         prog_stats(fd.as_fd().as_raw_fd())
     }
 
+    /// Where owners are worked out: `kernel` or `userspace`.
+    pub fn attribution_name(&self) -> &'static str {
+        match self.attribution {
+            Attribution::Kernel => "kernel",
+            Attribution::Userspace => "userspace",
+        }
+    }
+
+    /// Userspace attribution for the reader task, seeded with the owners of listeners that
+    /// predate the tracer; `None` when the kernel attributes.
+    pub fn attributor(
+        &self,
+        listeners: &[crate::owners::ListenerOwner],
+    ) -> Option<crate::attribution::Attributor> {
+        (self.attribution == Attribution::Userspace).then(|| {
+            let mut a = crate::attribution::Attributor::new(
+                self.max_sockets as usize,
+                self.max_listeners as usize,
+                self.filter,
+                Arc::clone(&self.refusals),
+            );
+            for l in listeners {
+                a.seed_listener(l.port, l.pid, &l.comm);
+            }
+            a
+        })
+    }
+
     /// Folds the kernel's loss counters into `totals`.
     pub fn observe_losses(&self, totals: &mut LossTotals) -> Result<(), LoadError> {
         // Skips are read before what makes up for them (the catchers' records, the marks): a
@@ -542,12 +643,21 @@ impl Probes {
         let catchers_skipped = self.catchers_skipped();
         let c = self.counters()?;
         totals.observe(LossCause::RingbufFull, c[Counter::RingbufFull as usize]);
-        totals.observe(LossCause::SockMapFull, c[Counter::SockMapFull as usize]);
+        // With userspace attribution its tables' refusals are the same losses.
+        let refused = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        totals.observe(
+            LossCause::SockMapFull,
+            c[Counter::SockMapFull as usize] + refused(&self.refusals.sockets),
+        );
         totals.observe(
             LossCause::ListenerMapFull,
-            c[Counter::ListenerMapFull as usize],
+            c[Counter::ListenerMapFull as usize] + refused(&self.refusals.listeners),
         );
         totals.observe(LossCause::ProcMapFull, c[Counter::ProcMapFull as usize]);
+        totals.observe(
+            LossCause::OwnerRingbufFull,
+            c[Counter::OwnerRecordsLost as usize],
+        );
         if let Some(u) = &self.undelivered {
             totals.observe(LossCause::KernelUndelivered, u.count());
         }
@@ -681,4 +791,35 @@ fn raise_memlock_rlimit() {
     };
     // SAFETY: valid pointer to an rlimit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribution_goes_to_userspace_where_it_can_and_the_filter_allows() {
+        use AttributionMode::{Auto, Kernel, Userspace};
+        let any = Filter::ANY;
+        let mut port = Filter::ANY;
+        port.flags = Filter::PORT | Filter::KIND;
+        let mut pid = Filter::ANY;
+        pid.flags = Filter::PID;
+        let mut st = Filter::ANY;
+        st.flags = Filter::STATE;
+        let user = Ok(Attribution::Userspace);
+        let kernel = Ok(Attribution::Kernel);
+        assert_eq!(choose_attribution(Auto, &any, true, true), user);
+        assert_eq!(choose_attribution(Auto, &port, true, true), user);
+        assert_eq!(choose_attribution(Auto, &pid, true, true), kernel);
+        assert_eq!(choose_attribution(Auto, &st, true, true), kernel);
+        assert_eq!(choose_attribution(Auto, &any, false, true), kernel);
+        assert_eq!(choose_attribution(Auto, &any, true, false), kernel);
+        assert_eq!(choose_attribution(Kernel, &any, true, true), kernel);
+        assert_eq!(choose_attribution(Userspace, &pid, true, true), user);
+        let why = choose_attribution(Userspace, &any, false, true).unwrap_err();
+        assert!(why.contains("sock:sock_send_length"), "{why}");
+        let why = choose_attribution(Userspace, &any, true, false).unwrap_err();
+        assert!(why.contains("BTF"), "{why}");
+    }
 }

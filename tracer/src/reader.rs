@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracer_common::{RawEvent, rings::RINGS};
 
 use crate::{
+    attribution::Attributor,
+    capture::raw::{from_bytes, to_bytes},
     clock::Clock,
     event::{DecodeError, Event, decode},
     links::Links,
@@ -41,10 +43,13 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// returns: after that last drain nothing can be written. `tick` makes the reader also drain on
 /// a timer: needed when the kernel suppresses wakeups (batched wakeup mode). `late` follows the
 /// count of events delivered out of order (see [`Merge::late`]). `stages`, when the kernel
-/// stages events per CPU, are flushed before every drain, the last one included.
+/// stages events per CPU, are flushed before every drain, the last one included. With userspace
+/// attribution, `attributor` completes the events in timestamp order before they are decoded.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     rings: Vec<RingBuf<MapData>>,
     mut stages: Option<Stages>,
+    mut attributor: Option<Attributor>,
     links: Links,
     tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
@@ -71,14 +76,30 @@ pub async fn run(
             // Held events become due without any new record arriving.
             _ = tokio::time::sleep(HOLD), if !merge.is_empty() => {}
         }
-        let open = drain(&mut rings, stages.as_mut(), &mut merge, &tx, false).await?;
+        let open = drain(
+            &mut rings,
+            stages.as_mut(),
+            attributor.as_mut(),
+            &mut merge,
+            &tx,
+            false,
+        )
+        .await?;
         late.store(merge.late(), Ordering::Relaxed);
         if !open {
             return Ok(());
         }
     }
     drop(links);
-    drain(&mut rings, stages.as_mut(), &mut merge, &tx, true).await?;
+    drain(
+        &mut rings,
+        stages.as_mut(),
+        attributor.as_mut(),
+        &mut merge,
+        &tx,
+        true,
+    )
+    .await?;
     late.store(merge.late(), Ordering::Relaxed);
     Ok(())
 }
@@ -117,6 +138,7 @@ fn push_events(merge: &mut Merge<Record>, ring: usize, bytes: &[u8]) {
 async fn drain(
     rings: &mut [Ring],
     mut stages: Option<&mut Stages>,
+    mut attributor: Option<&mut Attributor>,
     merge: &mut Merge<Record>,
     tx: &mpsc::Sender<Batch>,
     last: bool,
@@ -152,7 +174,12 @@ async fn drain(
         }
         let upto = merge.horizon(if last && !more { ALL } else { drained_ns });
         while let Some(rec) = merge.pop(upto) {
-            batch.push(decode(&rec.0));
+            match attributor.as_deref_mut() {
+                None => batch.push(decode(&rec.0)),
+                Some(a) => a.feed(from_bytes(&rec.0), &mut |ev| {
+                    batch.push(decode(&to_bytes(&ev)));
+                }),
+            }
             if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
                 return Ok(false);
             }

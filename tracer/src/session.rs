@@ -56,7 +56,9 @@ impl Session {
         let rings = probes.take_rings()?;
         let stages = probes.take_stages();
         // After attaching, so a listener opened meanwhile is caught by the kernel side instead.
-        let seeded = probes.seed_listeners(&crate::owners::listening_owners())?;
+        let listeners = crate::owners::listening_owners();
+        let seeded = probes.seed_listeners(&listeners)?;
+        let attributor = probes.attributor(&listeners);
         if announce && seeded > 0 {
             eprintln!("tracer: found the owners of {seeded} existing listening ports");
         }
@@ -69,6 +71,7 @@ impl Session {
         let reader = tokio::spawn(reader::run(
             rings,
             stages,
+            attributor,
             links,
             tx,
             cancel.clone(),
@@ -89,7 +92,14 @@ impl Session {
         if self.probes.catcher {
             names.push("raw-tracepoint catchers of skipped events");
         }
-        format!("tracer: attached {}", names.join(", "))
+        format!(
+            "tracer: attached {}; owners attributed in {}",
+            names.join(", "),
+            match self.probes.attribution {
+                tracer_common::Attribution::Kernel => "the kernel",
+                tracer_common::Attribution::Userspace => "userspace",
+            }
+        )
     }
 
     /// Waits for the reader, which drains the ring after cancellation and then closes the

@@ -82,6 +82,7 @@ pub async fn run(args: &StreamArgs) -> Result<Summary, StreamError> {
         config: args.config(),
         ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
+        attribution: args.attribution,
         // Close records count retransmissions too.
         retransmits: args.filter.wants(EventType::Retransmit)
             || args.filter.wants(EventType::Close),

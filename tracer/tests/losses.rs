@@ -43,7 +43,7 @@ fn a_full_ring_buffer_is_accounted_exactly() {
             .entry(l["cause"].as_str().unwrap().to_string())
             .or_insert(0) += l["count"].as_u64().unwrap();
     }
-    let lost: u64 = by_cause.values().sum();
+    let lost = by_cause.get("ringbuf_full").copied().unwrap_or(0);
     // The listener was already up: its LISTEN -> CLOSE is the only listener transition here.
     let expected = 1 + 10 * CONNECTIONS;
     assert_eq!(
@@ -51,11 +51,19 @@ fn a_full_ring_buffer_is_accounted_exactly() {
         expected,
         "{printed} printed + {lost} lost ({by_cause:?}) != {expected} transitions"
     );
-    assert_eq!(
-        by_cause.keys().collect::<Vec<_>>(),
-        ["ringbuf_full"],
-        "{by_cause:?}"
-    );
+    // With userspace attribution each socket's first send or receive also writes an owner
+    // record (two a connection), which a full ring loses too: counted apart, as no event.
+    let userspace = run.stderr.contains("owners attributed in userspace");
+    let mut causes = vec!["ringbuf_full"];
+    if userspace {
+        causes.push("owner_ringbuf_full");
+        assert!(
+            by_cause["owner_ringbuf_full"] <= 2 * CONNECTIONS,
+            "{by_cause:?}"
+        );
+    }
+    causes.sort_unstable();
+    assert_eq!(by_cause.keys().collect::<Vec<_>>(), causes, "{by_cause:?}");
     assert!(
         printed < 100,
         "a page cannot hold {printed} records; the reader was not stopped"

@@ -109,7 +109,7 @@ fn assert_listener(listener: &[Life], pid: u32, addr: &str) {
     assert_eq!(listener[0].events[0]["saddr"], addr);
 }
 
-fn orderly_client_first(addr: &str, family: u64, tracer_extra: &[&str]) {
+fn orderly_client_first(addr: &str, family: u64, tracer_extra: &[&str]) -> Run {
     let (run, server_pid, client_pid, summary, port) = traced_exchange_with(
         tracer_extra,
         addr,
@@ -161,6 +161,11 @@ fn orderly_client_first(addr: &str, family: u64, tracer_extra: &[&str]) {
         2 * CLIENTS,
         "one close record per socket"
     );
+    for c in run.of_type("close") {
+        let sent = c["bytes_sent"].as_u64().unwrap() + c["bytes_received"].as_u64().unwrap();
+        assert_eq!(sent, 1000, "a close record's bytes: {c}");
+    }
+    run
 }
 
 #[test]
@@ -174,6 +179,36 @@ fn orderly_close_from_client_ipv4() {
 fn orderly_close_from_client_ipv6() {
     if kernel_available("orderly_close_from_client_ipv6") {
         orderly_client_first("::1", 6, &[]);
+    }
+}
+
+/// The same exchange with the owners worked out by the kernel programs, on every kernel.
+#[test]
+fn orderly_close_attributed_in_the_kernel() {
+    if kernel_available("orderly_close_attributed_in_the_kernel") {
+        let run = orderly_client_first("127.0.0.1", 4, &["--attribution", "kernel"]);
+        assert!(
+            run.stderr.contains("owners attributed in the kernel"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// And by userspace, where the kernel has what that needs (send/recv tracepoints, BTF); where
+/// it has not, the tracer says why and the kernel programs do it.
+#[test]
+fn orderly_close_attributed_in_userspace() {
+    if kernel_available("orderly_close_attributed_in_userspace") {
+        let run = orderly_client_first("127.0.0.1", 4, &["--attribution", "userspace"]);
+        assert!(
+            run.stderr.contains("owners attributed in userspace")
+                || run
+                    .stderr
+                    .contains("degraded: userspace attribution: needs"),
+            "{}",
+            run.stderr
+        );
     }
 }
 

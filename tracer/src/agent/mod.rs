@@ -189,6 +189,7 @@ fn log_start(live: &Live) {
         programs = %programs.join(","),
         recovery = live.probes.catcher,
         socket_table_sets = live.probes.socket_sets,
+        attribution = live.probes.attribution_name(),
         "attached"
     );
     for d in &live.probes.degraded {

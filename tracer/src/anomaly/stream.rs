@@ -35,6 +35,7 @@ pub async fn run(args: &StreamArgs, cfg: Config) -> Result<Summary, StreamError>
             config,
             ring_bytes: args.ring_size,
             max_sockets: args.max_sockets,
+            attribution: args.attribution,
             retransmits: true,
             signals: true,
             ..ProbeOptions::default()

@@ -127,3 +127,35 @@ pub fn to_bytes(r: &RawEvent) -> [u8; RawEvent::SIZE] {
     );
     b
 }
+
+/// The record in `b`, field by field (the inverse of [`to_bytes`]). Every field is an integer
+/// or a byte array, so any bytes make a record; `decode` validates its values.
+pub fn from_bytes(b: &[u8; RawEvent::SIZE]) -> RawEvent {
+    use std::mem::offset_of;
+    fn at<const N: usize>(b: &[u8; RawEvent::SIZE], off: usize) -> [u8; N] {
+        b[off..off + N].try_into().expect("within the record")
+    }
+    RawEvent {
+        ts_ns: u64::from_ne_bytes(at(b, offset_of!(RawEvent, ts_ns))),
+        sk: u64::from_ne_bytes(at(b, offset_of!(RawEvent, sk))),
+        duration_ns: u64::from_ne_bytes(at(b, offset_of!(RawEvent, duration_ns))),
+        bytes_sent: u64::from_ne_bytes(at(b, offset_of!(RawEvent, bytes_sent))),
+        bytes_received: u64::from_ne_bytes(at(b, offset_of!(RawEvent, bytes_received))),
+        lifespan_ns: u64::from_ne_bytes(at(b, offset_of!(RawEvent, lifespan_ns))),
+        saddr: at(b, offset_of!(RawEvent, saddr)),
+        daddr: at(b, offset_of!(RawEvent, daddr)),
+        comm: at(b, offset_of!(RawEvent, comm)),
+        pid: u32::from_ne_bytes(at(b, offset_of!(RawEvent, pid))),
+        netns: u32::from_ne_bytes(at(b, offset_of!(RawEvent, netns))),
+        sport: u16::from_ne_bytes(at(b, offset_of!(RawEvent, sport))),
+        dport: u16::from_ne_bytes(at(b, offset_of!(RawEvent, dport))),
+        family: u16::from_ne_bytes(at(b, offset_of!(RawEvent, family))),
+        kind: b[offset_of!(RawEvent, kind)],
+        old_state: b[offset_of!(RawEvent, old_state)],
+        new_state: b[offset_of!(RawEvent, new_state)],
+        owner_src: b[offset_of!(RawEvent, owner_src)],
+        _pad: at(b, offset_of!(RawEvent, _pad)),
+        err: i32::from_ne_bytes(at(b, offset_of!(RawEvent, err))),
+        retransmits: u32::from_ne_bytes(at(b, offset_of!(RawEvent, retransmits))),
+    }
+}

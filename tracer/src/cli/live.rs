@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Args;
 use tracer_common::{Config, WakeupMode};
 
-use super::{Wakeup, parse_ring_size, parse_size};
+use super::{AttributionMode, Wakeup, parse_ring_size, parse_size};
 use crate::{aggregate::view::ProcSort, live::LiveOptions, probes::ProbeOptions};
 
 /// Kernel and table sizing shared by the aggregating commands.
@@ -29,6 +29,9 @@ pub struct LiveArgs {
     /// When the kernel wakes the reader.
     #[arg(long, value_enum, default_value_t = Wakeup::Batched)]
     pub wakeup: Wakeup,
+    /// Where owners and times in state are worked out (see README, "Owner attribution").
+    #[arg(long, value_enum, default_value_t)]
+    pub attribution: AttributionMode,
     /// With --wakeup batched: pending bytes that force a wakeup.
     #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
     pub wakeup_bytes: u32,
@@ -58,6 +61,7 @@ impl LiveArgs {
                 ring_bytes: self.ring_size.unwrap_or(default_ring),
                 max_sockets: self.max_sockets,
                 max_processes: self.max_processes,
+                attribution: self.attribution,
                 ..ProbeOptions::default()
             },
             wakeup: self.wakeup,

@@ -72,6 +72,21 @@ pub enum Wakeup {
     Batched,
 }
 
+/// Where each event's owner, time in state and lifespan are worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AttributionMode {
+    /// Userspace where it can be (kernel 6.4 and later, with BTF) and no owner or state
+    /// filter is given; the kernel otherwise.
+    #[default]
+    Auto,
+    /// In the kernel programs: owner and state filters run before any ring-buffer space is
+    /// taken, and a lost event loses nothing else. Costs about 100 ns more per transition.
+    Kernel,
+    /// In the agent, from the time-ordered stream: the transition programs keep no
+    /// per-socket state (needs `sock:sock_send_length`, 6.4 and later).
+    Userspace,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     /// Only sockets owned by this process id.
@@ -134,6 +149,9 @@ pub struct StreamArgs {
     /// When the kernel wakes the reader (batched is cheaper per event; see BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = Wakeup::Batched)]
     pub wakeup: Wakeup,
+    /// Where owners and times in state are worked out (see README, "Owner attribution").
+    #[arg(long, value_enum, default_value_t)]
+    pub attribution: AttributionMode,
     /// With --wakeup batched: pending bytes that force a wakeup.
     #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
     pub wakeup_bytes: u32,
@@ -312,6 +330,7 @@ impl StreamArgs {
                 Wakeup::Batched => WakeupMode::Batched as u32,
             },
             wakeup_bytes: self.wakeup_bytes,
+            ..Config::DEFAULT
         }
     }
 }
