@@ -75,13 +75,6 @@ impl Filter {
         f
     }
 
-    /// Whether the filter selects by owner or state: criteria the kernel can apply only when it
-    /// attributes events itself. Under [`Filter::socket_prefilter`] every event of a candidate
-    /// socket would reach userspace.
-    pub const fn selects_owner_or_state(&self) -> bool {
-        self.flags & (Self::PID | Self::COMM | Self::STATE) != 0
-    }
-
     /// Whether the criteria that do not depend on the owner match. The kernel checks these before
     /// looking the owner up.
     #[inline(always)]
@@ -407,13 +400,11 @@ mod tests {
             f.kinds = 1 << EventKind::Retransmit as u32;
             f.family = AF_INET;
         });
-        assert!(full.selects_owner_or_state());
         let pre = full.socket_prefilter();
         assert_eq!(
             pre.flags,
             Filter::LPORT | Filter::FAMILY | Filter::UNSET_LPORT
         );
-        assert!(!pre.selects_owner_or_state());
         let mut e = ev();
         // Another owner, another state, another kind: the socket matches, so it passes.
         assert!(!full.matches(&e));
@@ -448,7 +439,6 @@ mod tests {
         assert!(port.matches(&e));
         e.dport = 9090;
         assert!(!port.matches(&e));
-        assert!(!with(|f| f.flags = Filter::PORT | Filter::KIND).selects_owner_or_state());
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use std::collections::hash_map::Entry;
+
 use foldhash::HashMap;
 use tracer_common::{COMM_LEN, EventKind, Filter, OwnerSource, RawEvent, state};
 
@@ -179,58 +181,58 @@ impl Attributor {
         }
     }
 
+    /// Enters `sk`, replacing what an earlier connection at its address left; false when the
+    /// table is full (counted).
     fn insert(&mut self, sk: u64, sock: Sock) -> bool {
-        if self.socks.len() >= self.max_sockets {
-            self.refusals.sockets.fetch_add(1, Ordering::Relaxed);
-            return false;
+        let full = self.socks.len() >= self.max_sockets;
+        match self.socks.entry(sk) {
+            Entry::Occupied(mut o) => {
+                o.insert(sock);
+                true
+            }
+            Entry::Vacant(_) if full => {
+                self.refusals.sockets.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(sock);
+                true
+            }
         }
-        self.socks.insert(sk, sock);
-        true
     }
 
+    /// One hash lookup for most transitions: the socket's entry is found once and updated in
+    /// place; only a connection's start (an insert) and its close (a removal) take a second.
     fn transition(&mut self, mut ev: RawEvent, out: &mut impl FnMut(RawEvent)) {
         let (sk, old, new, ts) = (ev.sk, ev.old_state, ev.new_state, ev.ts_ns);
         // A transition out of CLOSE, or a listener's new child, starts a new connection at an
-        // address that may have been used before: nothing recorded for it applies.
+        // address that may have been used before: nothing recorded for it applies (the insert
+        // below replaces it).
         let starts = old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV);
-        if starts {
-            self.socks.remove(&sk);
-        } else if old == state::SYN_RECV {
-            self.release_open(&ev, out);
-        }
-
-        let recorded = self.socks.get(&sk).map(|s| s.owner);
-        let owner = if ev.owner_src == OwnerSource::Process as u8 {
-            // The kernel reported the current task, the owner on these transitions. Like the
-            // kernel side, keep the command name recorded for the same process.
-            let mut o = Owner::of(&ev);
-            if let Some(r) = recorded.filter(|r| r.pid == o.pid && r.comm[0] != 0) {
-                o.comm = r.comm;
-            }
-            o
-        } else if let Some(r) = recorded {
-            r
-        } else if starts && old == state::LISTEN {
-            self.listeners
-                .get(&ev.sport)
-                .map_or(Owner::UNKNOWN, |l| Owner {
-                    src: OwnerSource::Listener as u8,
-                    ..*l
-                })
-        } else {
-            Owner::UNKNOWN
-        };
-        owner.write(&mut ev);
-
-        match self.socks.get_mut(&sk) {
+        // The kernel reports the current task on the transitions only the owner makes.
+        let reported = (ev.owner_src == OwnerSource::Process as u8).then(|| Owner::of(&ev));
+        let mut open = None;
+        let owner = match self.socks.get_mut(&sk).filter(|_| !starts) {
             Some(s) => {
+                if old == state::SYN_RECV && s.open_pending {
+                    s.open_pending = false;
+                    open = Some(deferred_open(s, &ev));
+                }
+                let owner = match reported {
+                    Some(mut o) => {
+                        // Like the kernel side, keep the name recorded for the same process.
+                        if s.owner.pid == o.pid && s.owner.comm[0] != 0 {
+                            o.comm = s.owner.comm;
+                        }
+                        s.owner = o;
+                        o
+                    }
+                    None => s.owner,
+                };
                 if s.last_ts != 0 {
                     ev.duration_ns = ts.saturating_sub(s.last_ts);
                 }
                 s.last_ts = ts;
-                if owner.src == OwnerSource::Process as u8 {
-                    s.owner = owner;
-                }
                 if s.netns == 0 {
                     s.netns = ev.netns;
                 }
@@ -240,29 +242,51 @@ impl Attributor {
                     if s.start_ts != 0 {
                         ev.lifespan_ns = ts.saturating_sub(s.start_ts);
                     }
+                    self.socks.remove(&sk);
                 }
+                owner
             }
-            None if new != state::CLOSE => {
-                let deferred = starts && old == state::LISTEN && ev.dport == 0;
-                let stored = self.insert(
-                    sk,
-                    Sock {
-                        owner,
-                        last_ts: ts,
-                        start_ts: if starts { ts } else { 0 },
-                        netns: ev.netns,
-                        retransmits: 0,
-                        open_pending: deferred,
-                    },
-                );
-                // Without an entry (table full) it goes out now, peer unknown, rather than
-                // never.
-                if deferred && stored {
-                    return;
+            None => {
+                let owner = reported.unwrap_or_else(|| {
+                    if starts && old == state::LISTEN {
+                        self.listeners
+                            .get(&ev.sport)
+                            .map_or(Owner::UNKNOWN, |l| Owner {
+                                src: OwnerSource::Listener as u8,
+                                ..*l
+                            })
+                    } else {
+                        Owner::UNKNOWN
+                    }
+                });
+                if new == state::CLOSE {
+                    // A stale entry at this address (a start that closes at once) goes too.
+                    if starts {
+                        self.socks.remove(&sk);
+                    }
+                } else {
+                    let deferred = starts && old == state::LISTEN && ev.dport == 0;
+                    let stored = self.insert(
+                        sk,
+                        Sock {
+                            owner,
+                            last_ts: ts,
+                            start_ts: if starts { ts } else { 0 },
+                            netns: ev.netns,
+                            retransmits: 0,
+                            open_pending: deferred,
+                        },
+                    );
+                    // Without an entry (table full) it goes out now, peer unknown, rather
+                    // than never.
+                    if deferred && stored {
+                        return;
+                    }
                 }
+                owner
             }
-            None => {}
-        }
+        };
+        owner.write(&mut ev);
 
         if new == state::LISTEN {
             if self.listeners.len() < self.max_listeners || self.listeners.contains_key(&ev.sport) {
@@ -281,34 +305,30 @@ impl Attributor {
                 self.listeners.remove(&ev.sport);
             }
         }
-        if new == state::CLOSE {
-            self.socks.remove(&sk);
+        if let Some(open) = open {
+            self.pass(open, out);
         }
         self.pass(ev, out);
     }
+}
 
-    /// Sends the socket's deferred `LISTEN -> SYN_RECV`, if it has one, with the addresses of
-    /// `next` (the peer is known by then), at its own time and with the owner known now.
-    fn release_open(&mut self, next: &RawEvent, out: &mut impl FnMut(RawEvent)) {
-        let Some(s) = self.socks.get_mut(&next.sk).filter(|s| s.open_pending) else {
-            return;
-        };
-        s.open_pending = false;
-        let mut open = RawEvent::zeroed();
-        open.kind = EventKind::State as u8;
-        open.ts_ns = s.start_ts;
-        open.sk = next.sk;
-        open.family = next.family;
-        open.saddr = next.saddr;
-        open.daddr = next.daddr;
-        open.sport = next.sport;
-        open.dport = next.dport;
-        open.old_state = state::LISTEN;
-        open.new_state = state::SYN_RECV;
-        open.netns = s.netns;
-        s.owner.write(&mut open);
-        self.pass(open, out);
-    }
+/// A socket's deferred `LISTEN -> SYN_RECV`, with the addresses of `next` (the peer is known by
+/// then), at its own time and with the owner known now.
+fn deferred_open(s: &Sock, next: &RawEvent) -> RawEvent {
+    let mut open = RawEvent::zeroed();
+    open.kind = EventKind::State as u8;
+    open.ts_ns = s.start_ts;
+    open.sk = next.sk;
+    open.family = next.family;
+    open.saddr = next.saddr;
+    open.daddr = next.daddr;
+    open.sport = next.sport;
+    open.dport = next.dport;
+    open.old_state = state::LISTEN;
+    open.new_state = state::SYN_RECV;
+    open.netns = s.netns;
+    s.owner.write(&mut open);
+    open
 }
 
 #[cfg(test)]

@@ -157,19 +157,6 @@ impl Event {
     }
 }
 
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_ne_bytes(b[off..off + 8].try_into().expect("8-byte slice"))
-}
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4-byte slice"))
-}
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes(b[off..off + 2].try_into().expect("2-byte slice"))
-}
-fn arr16(b: &[u8], off: usize) -> [u8; 16] {
-    b[off..off + 16].try_into().expect("16-byte slice")
-}
-
 fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -181,40 +168,40 @@ fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
 /// Decodes one ring-buffer record. The length is checked first; every enumerated value is
 /// validated, so garbage yields an error rather than a nonsense event.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    use std::mem::offset_of;
-    if bytes.len() != RawEvent::SIZE {
-        return Err(DecodeError::Length(bytes.len()));
-    }
-    let b = bytes;
-    let kind_raw = b[offset_of!(RawEvent, kind)];
-    let kind = EventKind::try_from(kind_raw).map_err(DecodeError::Kind)?;
+    let b: &[u8; RawEvent::SIZE] = bytes
+        .try_into()
+        .map_err(|_| DecodeError::Length(bytes.len()))?;
+    decode_raw(&crate::capture::raw::from_bytes(b))
+}
+
+/// Decodes a record already taken apart into its fields (see [`decode`]).
+pub fn decode_raw(r: &RawEvent) -> Result<Event, DecodeError> {
+    let kind = EventKind::try_from(r.kind).map_err(DecodeError::Kind)?;
     if kind == EventKind::Owner {
         return Err(DecodeError::OwnerRecord);
     }
-    let family = u16_at(b, offset_of!(RawEvent, family));
+    let family = r.family;
     if family != AF_INET && family != AF_INET6 {
         return Err(DecodeError::Family(family));
     }
     let is_signal = !matches!(kind, EventKind::State | EventKind::Retransmit);
     // Signals carry a state only where the tracepoint has one (0 otherwise).
-    let raw_new = b[offset_of!(RawEvent, new_state)];
+    let raw_new = r.new_state;
     let (old, new) = if is_signal && raw_new == 0 {
         (TcpState(state::CLOSE), TcpState(state::CLOSE))
     } else {
         (
-            TcpState::try_from(b[offset_of!(RawEvent, old_state)])?,
+            TcpState::try_from(r.old_state)?,
             TcpState::try_from(raw_new)?,
         )
     };
-    let src_raw = b[offset_of!(RawEvent, owner_src)];
-    let source = OwnerSource::try_from(src_raw).map_err(DecodeError::OwnerSource)?;
-    let pid = u32_at(b, offset_of!(RawEvent, pid));
-    let owner = (pid != 0 && source != OwnerSource::Unknown).then(|| Owner {
-        pid,
-        comm: Comm::new(&b[offset_of!(RawEvent, comm)..offset_of!(RawEvent, comm) + COMM_LEN]),
+    let source = OwnerSource::try_from(r.owner_src).map_err(DecodeError::OwnerSource)?;
+    let owner = (r.pid != 0 && source != OwnerSource::Unknown).then(|| Owner {
+        pid: r.pid,
+        comm: Comm::new(&r.comm),
         source,
     });
-    let err = u32_at(b, offset_of!(RawEvent, err)) as i32;
+    let err = r.err;
     let signal_detail = |kind| Detail::Signal {
         kind,
         state: (raw_new != 0).then_some(new),
@@ -222,23 +209,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let mut close = None;
     let detail = match kind {
         EventKind::State => {
-            let d = u64_at(b, offset_of!(RawEvent, duration_ns));
             if new.number() == state::CLOSE && ends_connection(old) {
-                let life = u64_at(b, offset_of!(RawEvent, lifespan_ns));
+                let life = r.lifespan_ns;
                 close = Some(CloseInfo {
                     from: old,
                     end: CloseEnd::classify(old, err),
                     err,
-                    bytes_sent: u64_at(b, offset_of!(RawEvent, bytes_sent)),
-                    bytes_received: u64_at(b, offset_of!(RawEvent, bytes_received)),
-                    retransmits: u32_at(b, offset_of!(RawEvent, retransmits)),
+                    bytes_sent: r.bytes_sent,
+                    bytes_received: r.bytes_received,
+                    retransmits: r.retransmits,
                     lifespan_ns: (life != 0).then_some(life),
                 });
             }
             Detail::State {
                 old,
                 new,
-                duration_ns: (d != 0).then_some(d),
+                duration_ns: (r.duration_ns != 0).then_some(r.duration_ns),
             }
         }
         EventKind::Retransmit => Detail::Retransmit {
@@ -251,14 +237,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Owner => return Err(DecodeError::OwnerRecord),
     };
     Ok(Event {
-        ts_ns: u64_at(b, offset_of!(RawEvent, ts_ns)),
-        sk: u64_at(b, offset_of!(RawEvent, sk)),
-        saddr: addr(family, arr16(b, offset_of!(RawEvent, saddr))),
-        sport: u16_at(b, offset_of!(RawEvent, sport)),
-        daddr: addr(family, arr16(b, offset_of!(RawEvent, daddr))),
-        dport: u16_at(b, offset_of!(RawEvent, dport)),
+        ts_ns: r.ts_ns,
+        sk: r.sk,
+        saddr: addr(family, r.saddr),
+        sport: r.sport,
+        daddr: addr(family, r.daddr),
+        dport: r.dport,
         owner,
-        netns: u32_at(b, offset_of!(RawEvent, netns)),
+        netns: r.netns,
         detail,
         close,
     })

@@ -105,7 +105,7 @@ impl Default for ProbeOptions {
             max_processes: 16_384,
             retransmits: true,
             signals: false,
-            attribution: AttributionMode::Auto,
+            attribution: AttributionMode::Kernel,
         }
     }
 }
@@ -151,29 +151,22 @@ pub struct Probes {
     refusals: Arc<Refusals>,
 }
 
-/// How the attribution is chosen: userspace when asked for, or under `auto` when the kernel has
-/// what it needs and the filter does not select by owner or state (the kernel applies those
-/// only when it attributes). `Err` says why userspace attribution was asked for and is not
-/// possible.
+/// The attribution that runs. Userspace attribution needs the send/recv tracepoints (owner
+/// records) and socket offsets from BTF; `Err` says what is missing.
 pub fn choose_attribution(
     mode: AttributionMode,
-    filter: &Filter,
     send_recv: bool,
     socket_btf: bool,
 ) -> Result<Attribution, String> {
-    let missing = if !send_recv {
-        Some("sock:sock_send_length and sock:sock_recv_length (Linux 6.4)")
-    } else if !socket_btf {
-        Some("socket offsets from BTF (skc_portpair, net.ns.inum)")
-    } else {
-        None
-    };
-    match (mode, missing) {
-        (AttributionMode::Kernel, _) => Ok(Attribution::Kernel),
-        (AttributionMode::Auto, Some(_)) => Ok(Attribution::Kernel),
-        (AttributionMode::Auto, None) if filter.selects_owner_or_state() => Ok(Attribution::Kernel),
-        (AttributionMode::Auto | AttributionMode::Userspace, None) => Ok(Attribution::Userspace),
-        (AttributionMode::Userspace, Some(what)) => Err(format!("needs {what}")),
+    match mode {
+        AttributionMode::Kernel => Ok(Attribution::Kernel),
+        AttributionMode::Userspace if !send_recv => {
+            Err("needs sock:sock_send_length and sock:sock_recv_length (Linux 6.4)".to_owned())
+        }
+        AttributionMode::Userspace if !socket_btf => {
+            Err("needs socket offsets from BTF (skc_portpair, net.ns.inum)".to_owned())
+        }
+        AttributionMode::Userspace => Ok(Attribution::Userspace),
     }
 }
 
@@ -311,7 +304,6 @@ impl Probes {
             .is_some_and(|l| l.portpair.size == 4 && l.net_inum.size == 4);
         let attribution = choose_attribution(
             opts.attribution,
-            &opts.config.filter,
             has(Tracepoint::SockSendLength) && has(Tracepoint::SockRecvLength),
             socket_btf,
         )
@@ -798,28 +790,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attribution_goes_to_userspace_where_it_can_and_the_filter_allows() {
-        use AttributionMode::{Auto, Kernel, Userspace};
-        let any = Filter::ANY;
-        let mut port = Filter::ANY;
-        port.flags = Filter::PORT | Filter::KIND;
-        let mut pid = Filter::ANY;
-        pid.flags = Filter::PID;
-        let mut st = Filter::ANY;
-        st.flags = Filter::STATE;
-        let user = Ok(Attribution::Userspace);
-        let kernel = Ok(Attribution::Kernel);
-        assert_eq!(choose_attribution(Auto, &any, true, true), user);
-        assert_eq!(choose_attribution(Auto, &port, true, true), user);
-        assert_eq!(choose_attribution(Auto, &pid, true, true), kernel);
-        assert_eq!(choose_attribution(Auto, &st, true, true), kernel);
-        assert_eq!(choose_attribution(Auto, &any, false, true), kernel);
-        assert_eq!(choose_attribution(Auto, &any, true, false), kernel);
-        assert_eq!(choose_attribution(Kernel, &any, true, true), kernel);
-        assert_eq!(choose_attribution(Userspace, &pid, true, true), user);
-        let why = choose_attribution(Userspace, &any, false, true).unwrap_err();
+    fn userspace_attribution_runs_where_the_kernel_has_what_it_needs() {
+        use AttributionMode::{Kernel, Userspace};
+        assert_eq!(
+            choose_attribution(Kernel, true, true),
+            Ok(Attribution::Kernel)
+        );
+        assert_eq!(
+            choose_attribution(Userspace, true, true),
+            Ok(Attribution::Userspace)
+        );
+        let why = choose_attribution(Userspace, false, true).unwrap_err();
         assert!(why.contains("sock:sock_send_length"), "{why}");
-        let why = choose_attribution(Userspace, &any, true, false).unwrap_err();
+        let why = choose_attribution(Userspace, true, false).unwrap_err();
         assert!(why.contains("BTF"), "{why}");
     }
 }

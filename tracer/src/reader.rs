@@ -21,9 +21,9 @@ use tracer_common::{RawEvent, rings::RINGS};
 
 use crate::{
     attribution::Attributor,
-    capture::raw::{from_bytes, to_bytes},
+    capture::raw::from_bytes,
     clock::Clock,
-    event::{DecodeError, Event, decode},
+    event::{DecodeError, Event, decode, decode_raw},
     links::Links,
     merge::{ALL, HOLD, Merge, Record},
     stage::Stages,
@@ -176,9 +176,7 @@ async fn drain(
         while let Some(rec) = merge.pop(upto) {
             match attributor.as_deref_mut() {
                 None => batch.push(decode(&rec.0)),
-                Some(a) => a.feed(from_bytes(&rec.0), &mut |ev| {
-                    batch.push(decode(&to_bytes(&ev)));
-                }),
+                Some(a) => a.feed(from_bytes(&rec.0), &mut |ev| batch.push(decode_raw(&ev))),
             }
             if batch.len() >= BATCH && tx.send(std::mem::take(&mut batch)).await.is_err() {
                 return Ok(false);

@@ -79,6 +79,16 @@ fn full_rate_churn_in_a_quarter_of_the_socket_table_is_accounted_exactly() {
     );
 }
 
+/// With the owners and times worked out in the reader: the time-ordered stream must give each
+/// socket's transitions in order at the full rate, or a life comes out wrong.
+#[test]
+fn full_rate_churn_attributed_in_userspace_is_accounted_exactly() {
+    churn_accounted_exactly(
+        "full_rate_churn_attributed_in_userspace_is_accounted_exactly",
+        &["--attribution", "userspace"],
+    );
+}
+
 /// Runs `tracer stream --json EXTRA...` during a churn and checks every life it printed.
 fn churn_accounted_exactly(test: &str, extra: &[&str]) {
     if !kernel_available(test) {

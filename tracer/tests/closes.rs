@@ -23,9 +23,14 @@ fn by_pid(closes: &[&Value], pid: u32) -> Vec<Value> {
 
 /// Runs a server and `CLIENTS` clients sending `BYTES` each, traced with `--type close`.
 fn exchange(client_extra: &[&str]) -> (Run, u32, u32) {
+    exchange_traced(&[], client_extra)
+}
+
+/// [`exchange`] with more tracer arguments.
+fn exchange_traced(tracer_extra: &[&str], client_extra: &[&str]) -> (Run, u32, u32) {
     let port = port();
     let p = port.to_string();
-    let tracer = Tracer::start(&["--type", "close", "--port", &p]);
+    let tracer = Tracer::start(&[&["--type", "close", "--port", &p], tracer_extra].concat());
     let server = exchange_server("127.0.0.1", port, CLIENTS, &[]);
     let server_pid = server.pid();
     let bytes = BYTES.to_string();
@@ -40,10 +45,22 @@ fn exchange(client_extra: &[&str]) -> (Run, u32, u32) {
 
 #[test]
 fn orderly_closes_carry_exact_bytes_and_owners() {
-    if !kernel_available("orderly_closes_carry_exact_bytes_and_owners") {
-        return;
+    if kernel_available("orderly_closes_carry_exact_bytes_and_owners") {
+        orderly_closes(&[]);
     }
-    let (run, server_pid, client_pid) = exchange(&[]);
+}
+
+/// The same with userspace attribution, where the kernel has what it needs (bytes then come
+/// from entries the send/recv programs made, found by their port pair at close).
+#[test]
+fn orderly_closes_attributed_in_userspace_carry_exact_bytes_and_owners() {
+    if kernel_available("orderly_closes_attributed_in_userspace_carry_exact_bytes_and_owners") {
+        orderly_closes(&["--attribution", "userspace"]);
+    }
+}
+
+fn orderly_closes(tracer_extra: &[&str]) {
+    let (run, server_pid, client_pid) = exchange_traced(tracer_extra, &[]);
     let closes = closes_of(&run);
     assert!(
         run.events.iter().all(|e| e["type"] == "close"),

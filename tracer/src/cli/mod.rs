@@ -75,15 +75,13 @@ pub enum Wakeup {
 /// Where each event's owner, time in state and lifespan are worked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum AttributionMode {
-    /// Userspace where it can be (kernel 6.4 and later, with BTF) and no owner or state
-    /// filter is given; the kernel otherwise.
-    #[default]
-    Auto,
     /// In the kernel programs: owner and state filters run before any ring-buffer space is
-    /// taken, and a lost event loses nothing else. Costs about 100 ns more per transition.
+    /// taken, a lost event loses nothing else, and the agent does the least work per event.
+    #[default]
     Kernel,
-    /// In the agent, from the time-ordered stream: the transition programs keep no
-    /// per-socket state (needs `sock:sock_send_length`, 6.4 and later).
+    /// In the reader, from the time-ordered stream: the transition programs keep no
+    /// per-socket state and cost the traced connections about 15-20% less in the kernel, and
+    /// the agent about 50% more CPU per event (needs `sock:sock_send_length`, 6.4 and later).
     Userspace,
 }
 

@@ -120,10 +120,11 @@ impl Traced {
         Self::ours(cmd, "recording to", Kind::Stream)
     }
 
-    /// `tracer agent` with its defaults, serving on `addr`.
-    pub fn agent(tracer: &str, addr: SocketAddr) -> Result<Self> {
+    /// `tracer agent ARGS` (its defaults when empty), serving on `addr`.
+    pub fn agent(tracer: &str, addr: SocketAddr, args: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(tracer);
         cmd.args(["agent", "--metrics-addr", &addr.to_string()])
+            .args(args)
             .stdout(Stdio::null());
         Self::ours(cmd, "serving", Kind::Agent(addr))
     }
