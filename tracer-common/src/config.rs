@@ -33,7 +33,7 @@ pub enum Attribution {
 pub enum Counter {
     /// A record could not be reserved: the ring buffer was full. The event is lost.
     RingbufFull = 0,
-    /// The socket map refused an update (an owner or timestamp could not be recorded).
+    /// The socket table evicted a live socket from a full set (its owner and times are lost).
     SockMapFull = 1,
     /// The listener map refused an update (a listener's owner could not be recorded).
     ListenerMapFull = 2,
@@ -59,10 +59,14 @@ pub enum Counter {
     /// With userspace attribution: owner records the ring buffer could not take. No event is
     /// lost, but the socket's owner may stay the one recorded before.
     OwnerRecordsLost = 10,
+    /// A new socket left out of the socket table because its set stayed claimed by another
+    /// CPU throughout the attempts (the holder interrupted or its vCPU descheduled). No event
+    /// is lost; the socket's owner and times are missing until its next transition enters it.
+    SockTableBusy = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::SockMapFull,
@@ -75,6 +79,7 @@ impl Counter {
         Self::MarksWritten,
         Self::ProcInserts,
         Self::OwnerRecordsLost,
+        Self::SockTableBusy,
     ];
 }
 

@@ -642,13 +642,13 @@ fn bytes_from_table(ev: &mut RawEvent) {
 /// and time in state. An entry whose socket is closed (it missed its `-> CLOSE`, which the
 /// kernel sometimes runs no program for) is not: freeing it is what should happen. A freed
 /// socket's memory keeps `TCP_CLOSE`; a new socket at the same address replaced the entry at
-/// its first transition. A socket the table could not take (its set claimed by other CPUs
-/// throughout) is counted the same way: it has no owner either.
+/// its first transition. A socket the table could not take (its set claimed by another CPU
+/// throughout) is counted apart: that is contention, not a table too small.
 #[inline(always)]
 fn remember(sk: u64, info: &SockInfo) {
     match table::insert(sk, info) {
         table::STORED => {}
-        table::FAILED => count(Counter::SockMapFull),
+        table::FAILED => count(Counter::SockTableBusy),
         victim => {
             if sock_read::<u8>(victim, &SOCK_STATE) != Ok(state::CLOSE) {
                 count(Counter::SockMapFull);

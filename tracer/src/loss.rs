@@ -9,8 +9,12 @@ pub enum LossCause {
     RingbufFull,
     /// A program run was skipped because another BPF program was running on that CPU.
     RecursionMiss,
-    /// The socket map refused an update: an owner or timestamp was not recorded.
+    /// The socket table evicted a live socket (or userspace attribution's table refused one):
+    /// its owner and times were not recorded.
     SockMapFull,
+    /// A new socket was left out of the kernel's socket table because another CPU held its
+    /// set throughout (contention, not size): its owner and times were not recorded.
+    SockTableBusy,
     /// The listener map refused an update: a listener's owner was not recorded.
     ListenerMapFull,
     /// The per-process traffic map refused an update: bytes of a process were not counted.
@@ -27,10 +31,11 @@ pub enum LossCause {
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 9] = [
+    pub const ALL: [LossCause; 10] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
+        Self::SockTableBusy,
         Self::ListenerMapFull,
         Self::ProcMapFull,
         Self::OwnerRingbufFull,
@@ -41,10 +46,11 @@ impl LossCause {
 
     /// The causes a live aggregation can have (`stats` JSON, agent metrics): all but the
     /// output queue, which only the printing commands (`stream`, `record --print`) have.
-    pub const LIVE: [LossCause; 8] = [
+    pub const LIVE: [LossCause; 9] = [
         Self::RingbufFull,
         Self::RecursionMiss,
         Self::SockMapFull,
+        Self::SockTableBusy,
         Self::ListenerMapFull,
         Self::ProcMapFull,
         Self::OwnerRingbufFull,
@@ -57,6 +63,7 @@ impl LossCause {
             Self::RingbufFull => "ringbuf_full",
             Self::RecursionMiss => "recursion_miss",
             Self::SockMapFull => "sock_map_full",
+            Self::SockTableBusy => "sock_table_busy",
             Self::ListenerMapFull => "listener_map_full",
             Self::ProcMapFull => "proc_map_full",
             Self::OwnerRingbufFull => "owner_ringbuf_full",
@@ -71,8 +78,11 @@ impl LossCause {
             Self::RingbufFull => "ring buffer full: raise --ring-size or reduce output work",
             Self::RecursionMiss => "program skipped while another BPF program ran on the CPU",
             Self::SockMapFull => {
-                "socket table: a live socket evicted from a full set, or one left out while its \
-                 set stayed claimed; owners/durations missing"
+                "socket table full: a live socket evicted from a full set; owners/durations missing"
+            }
+            Self::SockTableBusy => {
+                "socket table busy: a new socket left out while another CPU held its set; \
+                 owners/durations missing for it"
             }
             Self::ListenerMapFull => "listener map full: passive owners missing",
             Self::ProcMapFull => "process traffic map full: some bytes not counted",
@@ -184,7 +194,7 @@ mod tests {
         assert_eq!(t.dropped(), 9);
         assert_eq!(
             t.summary(),
-            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 listener_map_full=0 proc_map_full=0 \
+            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 sock_table_busy=0 listener_map_full=0 proc_map_full=0 \
              owner_ringbuf_full=0 decode_error=1 kernel_undelivered=0 output_queue_full=0"
         );
         t.add(LossCause::OutputQueueFull, 4);

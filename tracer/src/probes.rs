@@ -645,6 +645,7 @@ impl Probes {
             LossCause::ListenerMapFull,
             c[Counter::ListenerMapFull as usize] + refused(&self.refusals.listeners),
         );
+        totals.observe(LossCause::SockTableBusy, c[Counter::SockTableBusy as usize]);
         totals.observe(LossCause::ProcMapFull, c[Counter::ProcMapFull as usize]);
         totals.observe(
             LossCause::OwnerRingbufFull,

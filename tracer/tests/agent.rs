@@ -295,6 +295,7 @@ fn agent_exports_a_known_workload_exactly() {
         "ringbuf_full",
         "recursion_miss",
         "sock_map_full",
+        "sock_table_busy",
         "listener_map_full",
         "proc_map_full",
         "decode_error",

@@ -141,9 +141,15 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
     }
     let reported_lost =
         summary_loss(&stop, "recursion_miss") + summary_loss(&stop, "kernel_undelivered");
+    // A socket left out of the table while another CPU held its set (that CPU interrupted
+    // inside its few instructions): counted, and rare. A claim word left held would fail
+    // every later insert of its set, several a second here.
+    let busy = summary_loss(&stop, "sock_table_busy");
+    assert!(busy <= connections / 10_000, "sock_table_busy: {stop}");
 
     let legal = legal_lives();
     let (mut complete, mut partial, mut duplicates, mut missing_total) = (0u64, 0u64, 0u64, 0u64);
+    let mut unowned = Vec::new();
     let mut duplicated = Vec::new();
     for life in lives(&run.events) {
         // Never a wrong owner; unknown (0) only where a lost transition left none recorded.
@@ -179,10 +185,10 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
         };
         if missing == 0 {
             complete += 1;
-            assert!(
-                pids.iter().all(|&p| p == u64::from(pid)),
-                "owner of a complete life: {life:?}"
-            );
+            // Only a socket the table left out lacks its owner where no transition was lost.
+            if !pids.iter().all(|&p| p == u64::from(pid)) {
+                unowned.push(life.timed());
+            }
         } else {
             partial += 1;
             missing_total += missing as u64;
@@ -194,6 +200,10 @@ fn churn_accounted_exactly(test: &str, extra: &[&str]) {
          {reported_lost} transitions reported lost"
     );
     assert_eq!(duplicates, 0, "transitions reported twice: {duplicated:#?}");
+    assert!(
+        unowned.len() as u64 <= busy,
+        "complete lives without their owner, {busy} sockets left out: {unowned:#?}"
+    );
     // Every transition missing from a life is covered by a reported loss (a life split in two
     // by a lost first transition counts it at most twice; two lives run together count their
     // lost end and start once), and no connection vanished unreported.

@@ -346,6 +346,7 @@ impl Run {
         for cause in [
             "ringbuf_full",
             "sock_map_full",
+            "sock_table_busy",
             "listener_map_full",
             "proc_map_full",
             "decode_error",
