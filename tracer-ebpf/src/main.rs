@@ -128,20 +128,21 @@ fn sock_read<T: Copy>(sk: u64, f: &'static FieldLoc) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((sk + u64::from(f.offset)) as *const T) }.map_err(i64::from)
 }
 
-/// Inode of the socket's network namespace, or 0 when the kernel's BTF did not give the offsets.
+/// Inode of the network namespace at `net` (a `struct net`), or 0 when the kernel's BTF did
+/// not give the offsets.
 #[inline(always)]
-fn sock_netns(sk: u64) -> u32 {
+fn net_inum(net: u64) -> u32 {
     let inum = load(&NET_INUM);
-    if inum.size != 4 {
+    if net == 0 || inum.size != 4 {
         return 0;
     }
-    match sock_read::<u64>(sk, &SOCK_NET) {
-        Ok(net) if net != 0 => {
-            unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
-                .unwrap_or(0)
-        }
-        _ => 0,
-    }
+    unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }.unwrap_or(0)
+}
+
+/// Inode of the socket's network namespace, or 0 when unknown.
+#[inline(always)]
+fn sock_netns(sk: u64) -> u32 {
+    net_inum(sock_read::<u64>(sk, &SOCK_NET).unwrap_or(0))
 }
 
 /// Namespaces read on this CPU are taken again after this long, so that a `struct net` freed
@@ -154,18 +155,12 @@ const NETNS_CACHE_NS: u64 = 100_000_000;
 /// under churn, as it bounced between the CPUs.
 #[inline(always)]
 fn netns_cached(s: &mut Slot, sk: u64, now: u64) -> u32 {
-    let inum = load(&NET_INUM);
-    if inum.size != 4 {
-        return 0;
-    }
     let net = sock_read::<u64>(sk, &SOCK_NET).unwrap_or(0);
     if net == 0 {
         return 0;
     }
     if net != s.net_ptr || now.wrapping_sub(s.net_read_ns) > NETNS_CACHE_NS {
-        let v = unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
-            .unwrap_or(0);
-        (s.net_ptr, s.net_inum, s.net_read_ns) = (net, u64::from(v), now);
+        (s.net_ptr, s.net_inum, s.net_read_ns) = (net, u64::from(net_inum(net)), now);
     }
     s.net_inum as u32
 }
@@ -180,14 +175,7 @@ fn skb_netns(skb: u64) -> u32 {
         Ok(d) if d != 0 => d,
         _ => return 0,
     };
-    let inum = load(&NET_INUM);
-    match sock_read::<u64>(dev, &DEV_NET) {
-        Ok(net) if net != 0 && inum.size == 4 => {
-            unsafe { bpf_probe_read_kernel((net + u64::from(inum.offset)) as *const u32) }
-                .unwrap_or(0)
-        }
-        _ => 0,
-    }
+    net_inum(sock_read::<u64>(dev, &DEV_NET).unwrap_or(0))
 }
 
 /// Fills the identity of a socket the catcher reads directly.
@@ -603,9 +591,7 @@ fn report_for_userspace(s: &mut Slot, now: u64) {
             bytes_from_table(ev);
         }
     }
-    if new == state::LISTEN || old == state::LISTEN && new == state::CLOSE {
-        track_listener(ev.sport, old, new, owner.0, owner.1);
-    }
+    track_listener(ev.sport, old, new, owner.0, owner.1);
 }
 
 /// Whether the socket sent or received any data segment; true when BTF did not tell where

@@ -20,6 +20,8 @@ use std::sync::{
 use std::collections::hash_map::Entry;
 
 use foldhash::HashMap;
+
+use crate::owners::ListenerOwner;
 use tracer_common::{COMM_LEN, EventKind, Filter, OwnerSource, RawEvent, state};
 
 #[cfg(doc)]
@@ -107,17 +109,14 @@ impl Attributor {
     }
 
     /// The owner of a listening port that predates the tracer; one already known wins.
-    pub fn seed_listener(&mut self, port: u16, pid: u32, comm: &str) {
-        let mut c = [0u8; COMM_LEN];
-        let n = comm.len().min(COMM_LEN - 1);
-        c[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    pub fn seed_listener(&mut self, l: &ListenerOwner) {
         let owner = Owner {
-            pid,
-            comm: c,
+            pid: l.pid,
+            comm: l.comm_bytes(),
             src: OwnerSource::Process as u8,
         };
         if self.listeners.len() < self.max_listeners {
-            self.listeners.entry(port).or_insert(owner);
+            self.listeners.entry(l.port).or_insert(owner);
         }
     }
 

@@ -13,6 +13,15 @@ fn comm(name: &str) -> [u8; COMM_LEN] {
     c
 }
 
+/// A listener found at start-up.
+fn listener(port: u16, pid: u32, comm: &str) -> ListenerOwner {
+    ListenerOwner {
+        port,
+        pid,
+        comm: comm.to_owned(),
+    }
+}
+
 /// A transition as the kernel reports it with userspace attribution: the owner only where the
 /// current task is the owner (`by`), the namespace always.
 fn tr(ts: u64, sk: u64, old: u8, new: u8, by: Option<(u32, &str)>) -> RawEvent {
@@ -186,8 +195,8 @@ fn a_listener_is_forgotten_only_by_its_own_process() {
 #[test]
 fn seeded_listeners_give_children_their_owner() {
     let (mut a, _) = attributor(Filter::ANY);
-    a.seed_listener(8080, 30, "redis-server");
-    a.seed_listener(8080, 31, "late");
+    a.seed_listener(&listener(8080, 30, "redis-server"));
+    a.seed_listener(&listener(8080, 31, "late"));
     let out = feed_all(&mut a, [tr(1, CHILD, LISTEN, SYN_RECV, None)]);
     assert_eq!(owners(&out), vec![(30, "redis-server".into(), L)]);
 }

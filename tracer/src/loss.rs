@@ -194,8 +194,9 @@ mod tests {
         assert_eq!(t.dropped(), 9);
         assert_eq!(
             t.summary(),
-            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 sock_table_busy=0 listener_map_full=0 proc_map_full=0 \
-             owner_ringbuf_full=0 decode_error=1 kernel_undelivered=0 output_queue_full=0"
+            "ringbuf_full=8 recursion_miss=0 sock_map_full=2 sock_table_busy=0 \
+             listener_map_full=0 proc_map_full=0 owner_ringbuf_full=0 decode_error=1 \
+             kernel_undelivered=0 output_queue_full=0"
         );
         t.add(LossCause::OutputQueueFull, 4);
         assert_eq!(t.take_new(), vec![(LossCause::OutputQueueFull, 4)]);

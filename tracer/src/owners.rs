@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use tracer_common::COMM_LEN;
+
 use procfs::{
     net::TcpState,
     process::{FDTarget, all_processes},
@@ -17,6 +19,16 @@ pub struct ListenerOwner {
     pub port: u16,
     pub pid: u32,
     pub comm: String,
+}
+
+impl ListenerOwner {
+    /// The command name as the kernel stores one: at most 15 bytes, NUL-padded.
+    pub fn comm_bytes(&self) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        let n = self.comm.len().min(COMM_LEN - 1);
+        c[..n].copy_from_slice(&self.comm.as_bytes()[..n]);
+        c
+    }
 }
 
 /// Listening sockets of this network namespace: inode -> local port.

@@ -15,8 +15,7 @@ use aya::{
     programs::{TracePoint, raw_trace_point::RawTracePointLink},
 };
 use tracer_common::{
-    Attribution, COMM_LEN, Config, Counter, Filter, ListenerOwner, ProcTraffic, TpLayout,
-    WakeupMode,
+    Attribution, Config, Counter, Filter, ListenerOwner, ProcTraffic, TpLayout, WakeupMode,
     rings::{RING_MAPS, RINGS},
     sock_sets,
     stage::{FLUSH_PROGRAM, STAGE_MAP},
@@ -520,11 +519,8 @@ impl Probes {
         })?;
         let mut added = 0;
         for o in owners {
-            let mut comm = [0u8; COMM_LEN];
-            let n = o.comm.len().min(COMM_LEN - 1);
-            comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
             let value = ListenerOwner {
-                comm,
+                comm: o.comm_bytes(),
                 pid: o.pid,
                 _pad: 0,
             };
@@ -620,7 +616,7 @@ impl Probes {
                 Arc::clone(&self.refusals),
             );
             for l in listeners {
-                a.seed_listener(l.port, l.pid, &l.comm);
+                a.seed_listener(l);
             }
             a
         })

@@ -80,8 +80,8 @@ pub enum AttributionMode {
     #[default]
     Kernel,
     /// In the reader, from the time-ordered stream: the transition programs keep no
-    /// per-socket state and cost the traced connections about 15-20% less in the kernel, and
-    /// the agent about 50% more CPU per event (needs `sock:sock_send_length`, 6.4 and later).
+    /// per-socket state and cost the traced connections about 15-25% less in the kernel, and
+    /// the agent 35-60% more CPU per event (needs `sock:sock_send_length`, 6.4 and later).
     Userspace,
 }
 
