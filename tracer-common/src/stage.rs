@@ -8,7 +8,7 @@
 use crate::RawEvent;
 
 /// Events per batch record.
-pub const STAGE_EVENTS: usize = 8;
+pub const STAGE_EVENTS: usize = 16;
 
 /// The staging map's name: an array, one [`Stage`] per possible CPU, memory-mappable.
 pub const STAGE_MAP: &str = "STAGE";

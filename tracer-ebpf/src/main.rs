@@ -1116,6 +1116,14 @@ pub fn flush_stage(_ctx: RawTracePointContext) -> i32 {
         6 => write_staged::<6>(st),
         7 => write_staged::<7>(st),
         8 => write_staged::<8>(st),
+        9 => write_staged::<9>(st),
+        10 => write_staged::<10>(st),
+        11 => write_staged::<11>(st),
+        12 => write_staged::<12>(st),
+        13 => write_staged::<13>(st),
+        14 => write_staged::<14>(st),
+        15 => write_staged::<15>(st),
+        16 => write_staged::<16>(st),
         _ => {}
     }
     st.count = 0;
@@ -1124,7 +1132,7 @@ pub fn flush_stage(_ctx: RawTracePointContext) -> i32 {
 }
 
 const _: () = assert!(
-    STAGE_EVENTS == 8,
+    STAGE_EVENTS == 16,
     "flush_stage's arms cover 1 to STAGE_EVENTS events"
 );
 

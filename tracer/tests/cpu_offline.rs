@@ -66,7 +66,7 @@ fn pin(cpus: Option<usize>) {
 }
 
 /// A listener, one connection and both closes, all on `cpu` (loopback packets are processed on
-/// the sender's CPU): twelve transitions, one batch of eight and four left staged.
+/// the sender's CPU): twelve transitions, all left staged (a batch holds sixteen).
 fn connection_on(cpu: usize, port: u16) {
     pin(Some(cpu));
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();

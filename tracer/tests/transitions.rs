@@ -501,7 +501,7 @@ fn human_columns() {
     );
 }
 
-/// Batched mode (the default) writes up to eight events per ring-buffer record, so one
+/// Batched mode (the default) writes up to sixteen events per ring-buffer record, so one
 /// connection's eleven transitions leave a partial batch on some CPU. The reader must flush it
 /// before each drain: every transition is printed while the tracer still runs, promptly, not
 /// only when it stops.

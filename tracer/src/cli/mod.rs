@@ -66,7 +66,7 @@ pub enum Wakeup {
     /// One ring-buffer record per event; wake the reader whenever it has caught up (the ring
     /// buffer's own policy).
     Adaptive,
-    /// Write events 8 to a ring-buffer record per CPU; never wake the reader for one record:
+    /// Write events 16 to a ring-buffer record per CPU; never wake the reader for one record:
     /// wake it when --wakeup-bytes are pending (checked every 64 events per CPU, forced at most
     /// every 2 ms per CPU) and drain every 50 ms, flushing partial batches first.
     Batched,
