@@ -68,6 +68,8 @@ pub enum Config {
     /// cost of tracing shows in the machine's CPU instead.
     BaselinePaced,
     AgentPaced,
+    /// The same paced loop with owners worked out in the reader.
+    AgentUserspacePaced,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             Self::AgentOneLoop => "one loop: tracer agent (defaults)",
             Self::BaselinePaced => "one loop at 22k/s: untraced (its baseline)",
             Self::AgentPaced => "one loop at 22k/s: tracer agent (defaults)",
+            Self::AgentUserspacePaced => "one loop at 22k/s: tracer agent --attribution userspace",
             Self::Record => "tracer record -o file (zstd, defaults)",
             Self::StreamJsonNull => "tracer stream --json > /dev/null (batched wakeup, default)",
             Self::StreamJsonNullAdaptive => "tracer stream --json --wakeup adaptive > /dev/null",
@@ -100,6 +103,7 @@ impl Config {
             Self::AgentOneLoop => "agent_one_loop",
             Self::BaselinePaced => "baseline_paced",
             Self::AgentPaced => "agent_paced",
+            Self::AgentUserspacePaced => "agent_userspace_paced",
             Self::Record => "record",
             Self::StreamJsonNull => "stream_json_null",
             Self::StreamJsonNullAdaptive => "stream_json_null_adaptive",
@@ -114,16 +118,22 @@ impl Config {
     /// Client threads of the churn: 2 saturate both cores; 1 is one connect/close loop.
     pub fn threads(self) -> u32 {
         match self {
-            Self::BaselineOneLoop | Self::AgentOneLoop | Self::BaselinePaced | Self::AgentPaced => {
-                1
-            }
+            Self::BaselineOneLoop
+            | Self::AgentOneLoop
+            | Self::BaselinePaced
+            | Self::AgentPaced
+            | Self::AgentUserspacePaced => 1,
             _ => 2,
         }
     }
 
     /// Offered connections per second (`None`: as fast as the loop goes).
     pub fn rate(self) -> Option<f64> {
-        matches!(self, Self::BaselinePaced | Self::AgentPaced).then_some(PACED_RATE)
+        matches!(
+            self,
+            Self::BaselinePaced | Self::AgentPaced | Self::AgentUserspacePaced
+        )
+        .then_some(PACED_RATE)
     }
 
     /// The untraced run of the same workload.
@@ -226,7 +236,7 @@ fn measure(config: Config, secs: u64, port: u16, scratch: &Path, stats: bool) ->
             ([127, 0, 0, 1], port - 1_000).into(),
             &[],
         )?),
-        Config::AgentUserspace => Some(Traced::agent(
+        Config::AgentUserspace | Config::AgentUserspacePaced => Some(Traced::agent(
             &tracer,
             ([127, 0, 0, 1], port - 1_000).into(),
             &["--attribution", "userspace"],
@@ -323,6 +333,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Config::AgentOneLoop,
         Config::BaselinePaced,
         Config::AgentPaced,
+        Config::AgentUserspacePaced,
     ]);
     let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
     let mut port = 31_000u16;
