@@ -43,9 +43,9 @@ fn bounded(way: usize) -> usize {
 }
 
 /// Attempts at a busy claim word before giving up. The holder's section is a scan of one cache
-/// line and a 72-byte copy, which these attempts outlast many times over, unless the holder
+/// line and an 80-byte copy, which these attempts outlast many times over, unless the holder
 /// was interrupted (on this CPU: then it cannot finish first) or its vCPU descheduled. Giving up
-/// leaves the socket out of the table, counted as `sock_map_full`.
+/// leaves the socket out of the table, counted as `sock_table_busy` (the caller's `FAILED`).
 const CLAIM_ATTEMPTS: u32 = 16;
 
 /// Reads of the claim word between two attempts: a pause without hammering the line with locked
